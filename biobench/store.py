@@ -1,0 +1,252 @@
+"""SQLite results store: the one source of truth for scores.
+
+Tables
+------
+``runs``         one row per finished evaluation (own or imported "published" results)
+``predictions``  one row per test example of an own run: ``y_true`` and ``y_pred`` as JSON
+``models``       metadata per (source, model): family, parameters, resolution, ImageNet top-1
+
+A run and its predictions are written in one transaction, so a run killed half-way leaves no
+row at all, and ``has_run`` only ever sees complete runs. The database uses WAL journalling so
+that the book's analysis notebooks can read while a grid run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        INTEGER PRIMARY KEY,
+    source        TEXT    NOT NULL,           -- 'own' or 'published'
+    model         TEXT    NOT NULL,
+    task          TEXT    NOT NULL,
+    protocol      TEXT    NOT NULL,           -- probe name, e.g. 'logreg', 'simpleshot', 'knn'
+    seed          INTEGER NOT NULL,
+    n_train       INTEGER NOT NULL,           -- requested; -1 means all training examples
+    n_train_used  INTEGER,
+    n_test        INTEGER,
+    metric        TEXT    NOT NULL,
+    score         REAL    NOT NULL,           -- point estimate on the full test set
+    ci_low        REAL,
+    ci_high       REAL,
+    ci_level      REAL,
+    n_bootstrap   INTEGER,
+    n_skipped     INTEGER NOT NULL DEFAULT 0, -- unreadable images skipped (only if asked)
+    versions      TEXT,                       -- JSON: python, torch, biobench, ...
+    git_commit    TEXT,
+    device        TEXT,
+    wall_time_s   REAL,
+    created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+    extra         TEXT,                       -- JSON: per-class F1, probe hyper-parameters, ...
+    UNIQUE (source, model, task, protocol, seed, n_train)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id     INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    example_id TEXT    NOT NULL,
+    y_true     TEXT    NOT NULL,
+    y_pred     TEXT    NOT NULL,
+    PRIMARY KEY (run_id, example_id)
+);
+CREATE TABLE IF NOT EXISTS models (
+    source          TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    display         TEXT,
+    family          TEXT,
+    params          INTEGER,
+    resolution      INTEGER,
+    imagenet_top1   REAL,                     -- fraction in [0, 1]
+    imagenet_source TEXT,                     -- where that figure comes from
+    extra           TEXT,
+    PRIMARY KEY (source, model)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What makes a run unique; a finished run with the same key is not repeated."""
+
+    model: str
+    task: str
+    protocol: str
+    seed: int = 0
+    n_train: int = -1
+    source: str = "own"
+
+
+@dataclass
+class RunRecord:
+    key: RunKey
+    metric: str
+    score: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: float | None = None
+    n_bootstrap: int | None = None
+    n_train_used: int | None = None
+    n_test: int | None = None
+    n_skipped: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    device: str | None = None
+    wall_time_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelRecord:
+    source: str
+    model: str
+    display: str | None = None
+    family: str | None = None
+    params: int | None = None
+    resolution: int | None = None
+    imagenet_top1: float | None = None
+    imagenet_source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_json(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    return json.dumps(value)
+
+
+class ResultsStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=60)
+        con.execute("PRAGMA foreign_keys=ON")
+        try:
+            with con:  # commits on success, rolls back on any exception
+                yield con
+        finally:
+            con.close()
+
+    # ---- runs -------------------------------------------------------------------------
+    def has_run(self, key: RunKey) -> bool:
+        return self.run_id(key) is not None
+
+    def run_id(self, key: RunKey) -> int | None:
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT run_id FROM runs WHERE source=? AND model=? AND task=? AND protocol=?"
+                " AND seed=? AND n_train=?",
+                (key.source, key.model, key.task, key.protocol, key.seed, key.n_train),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def save_run(
+        self,
+        record: RunRecord,
+        predictions: Iterable[tuple[str, Any, Any]] = (),
+        replace: bool = False,
+    ) -> int:
+        """Write a run and its ``(example_id, y_true, y_pred)`` rows in one transaction.
+
+        With ``replace`` an existing run with the same key is deleted in that same
+        transaction; without it, saving a key twice raises ``sqlite3.IntegrityError``.
+        """
+        k = record.key
+        row = {
+            **{f: getattr(k, f) for f in ("source", "model", "task", "protocol", "seed", "n_train")},
+            **{f: getattr(record, f) for f in (
+                "metric", "score", "ci_low", "ci_high", "ci_level", "n_bootstrap",
+                "n_train_used", "n_test", "n_skipped", "git_commit", "device", "wall_time_s")},
+            "versions": json.dumps(record.versions, sort_keys=True),
+            "extra": _to_json(record.extra),
+        }
+        with self._connect() as con:
+            if replace:
+                con.execute(
+                    "DELETE FROM runs WHERE source=? AND model=? AND task=? AND protocol=?"
+                    " AND seed=? AND n_train=?",
+                    (k.source, k.model, k.task, k.protocol, k.seed, k.n_train),
+                )
+            cols = ", ".join(row)
+            marks = ", ".join("?" for _ in row)
+            cur = con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+            run_id = int(cur.lastrowid)
+            con.executemany(
+                "INSERT INTO predictions (run_id, example_id, y_true, y_pred) VALUES (?, ?, ?, ?)",
+                ((run_id, str(i), _to_json(t), _to_json(p)) for i, t, p in predictions),
+            )
+        return run_id
+
+    def delete_runs(self, source: str) -> int:
+        with self._connect() as con:
+            return con.execute("DELETE FROM runs WHERE source=?", (source,)).rowcount
+
+    def runs(self, source: str | None = None, **where: Any) -> pd.DataFrame:
+        """Runs as a DataFrame, optionally filtered, e.g. ``runs('own', task='plankton')``."""
+        clauses, params = [], []
+        if source is not None:
+            clauses.append("source = ?")
+            params.append(source)
+        for col, value in where.items():
+            clauses.append(f"{col} = ?")
+            params.append(value)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        with self._connect() as con:
+            df = pd.read_sql_query(sql + " ORDER BY task, model, protocol, seed", con, params=params)
+        for col in ("versions", "extra"):
+            df[col] = df[col].map(lambda s: json.loads(s) if s else {})
+        return df
+
+    def get_run(self, key: RunKey) -> dict | None:
+        df = self.runs(key.source, model=key.model, task=key.task, protocol=key.protocol,
+                       seed=key.seed, n_train=key.n_train)
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def predictions(self, run_id: int) -> pd.DataFrame:
+        """Per-example rows of a run, ordered by example id; ``y_true``/``y_pred`` decoded."""
+        with self._connect() as con:
+            df = pd.read_sql_query(
+                "SELECT example_id, y_true, y_pred FROM predictions WHERE run_id=? ORDER BY example_id",
+                con, params=(run_id,),
+            )
+        df["y_true"] = df["y_true"].map(json.loads)
+        df["y_pred"] = df["y_pred"].map(json.loads)
+        return df
+
+    # ---- models -----------------------------------------------------------------------
+    def save_models(self, records: Sequence[ModelRecord]) -> None:
+        with self._connect() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO models (source, model, display, family, params, resolution,"
+                " imagenet_top1, imagenet_source, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.source, r.model, r.display, r.family, r.params, r.resolution,
+                     r.imagenet_top1, r.imagenet_source, _to_json(r.extra))
+                    for r in records
+                ],
+            )
+
+    def models(self, source: str | None = None) -> pd.DataFrame:
+        sql = "SELECT * FROM models" + (" WHERE source = ?" if source else "") + " ORDER BY model"
+        with self._connect() as con:
+            df = pd.read_sql_query(sql, con, params=(source,) if source else ())
+        df["extra"] = df["extra"].map(lambda s: json.loads(s) if s else {})
+        return df
+
+
+def record_as_dict(record: RunRecord) -> dict:
+    return asdict(record)

@@ -1,0 +1,179 @@
+"""The task contract: what every BioBench task provides.
+
+A task turns a data folder into train and test ``Example`` lists, names its classes, and owns
+its metric. Tasks whose protocol is more than "fit a probe on train, predict test" (leave-one-out
+re-identification, 164 binary sub-tasks, open-set rejection, multi-label traits) override
+``fit_predict``; everything else in the pipeline stays the same.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from biobench import config
+
+
+class TaskDataMissing(FileNotFoundError):
+    """The task's data folder is absent or incomplete; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image on disk, optionally a crop ``box = (left, top, right, bottom)`` in pixels."""
+
+    path: Path
+    box: tuple[int, int, int, int] | None = None
+
+    def cache_token(self) -> str:
+        return f"{self.path}|{self.box}"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One scored unit: an image, or a clip/observation made of several images.
+
+    ``id`` is stable across runs and unique within its split. ``label`` is an int class index,
+    ``-1`` for an unknown class (open set), or a tuple of 0/1 for multi-label tasks. ``group``
+    carries a task-specific grouping (NeWT sub-task, Beluga individual, ...).
+    """
+
+    id: str
+    images: tuple[ImageRef, ...]
+    label: Any
+    group: str | None = None
+
+
+@dataclass
+class TaskData:
+    train: list[Example]
+    test: list[Example]
+    class_names: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(abc.ABC):
+    """Subclass, fill in the class attributes, implement ``load``; register with ``@register_task``."""
+
+    name: ClassVar[str]  # registry key, e.g. "plankton_flowcam"
+    display: ClassVar[str]  # human title, e.g. "FlowCam phytoplankton"
+    kingdom: ClassVar[str]
+    modality: ClassVar[str]
+    citation: ClassVar[str]
+    metric_name: ClassVar[str] = "macro_f1"
+    # how features of the images of one Example are combined: "mean" or "max"
+    pooling: ClassVar[str] = "mean"
+    default_probe: ClassVar[str] = "logreg"
+    # "offline" (ships with the registry), "benchmark" (the paper's nine + ecdysis),
+    # "prior_work" (ImageNet-1K, NeWT, iNat21) or "synthetic" (tests only)
+    group: ClassVar[str] = "benchmark"
+    # one line for users: what command fetches the data
+    download_hint: ClassVar[str] = ""
+
+    # ---- data -------------------------------------------------------------------------
+    def data_path(self, root: Path | None = None) -> Path:
+        """The folder holding this task's data (``$BIOBENCH_DATA/<name>`` by default)."""
+        return Path(root) if root is not None else config.data_dir() / self.name
+
+    def is_present(self, root: Path | None = None) -> bool:
+        """Cheap check that the data looks complete (no image decoding)."""
+        try:
+            self.check_present(root)
+        except TaskDataMissing:
+            return False
+        return True
+
+    def check_present(self, root: Path | None = None) -> None:
+        """Raise ``TaskDataMissing`` naming what is missing and how to get it."""
+        path = self.data_path(root)
+        if not path.is_dir():
+            raise TaskDataMissing(self.missing_message(path))
+
+    def missing_message(self, path: Path, what: str | None = None) -> str:
+        head = f"Task '{self.name}': data not found at {path}"
+        if what:
+            head = f"Task '{self.name}': {what} (in {path})"
+        hint = self.download_hint or f"biobench download {self.name} --dir {path}"
+        return f"{head}. Get it with: {hint}"
+
+    @abc.abstractmethod
+    def load(self, root: Path | None = None) -> TaskData:
+        """Read the data folder into train/test examples. Raises ``TaskDataMissing``."""
+
+    # ---- protocol ---------------------------------------------------------------------
+    def fit_predict(
+        self,
+        probe,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        test_x: np.ndarray,
+        data: TaskData,
+    ) -> np.ndarray:
+        """Fit ``probe`` (a scikit-learn estimator) on train features; predict test examples."""
+        probe.fit(train_x, train_y)
+        return probe.predict(test_x)
+
+    # ---- metric -----------------------------------------------------------------------
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        """The task's metric. Arrays are indexed by test example on axis 0, so a bootstrap
+        that resamples axis 0 resamples whole examples."""
+        from biobench import metrics
+
+        return metrics.get_metric(self.metric_name)(y_true, y_pred)
+
+    def labels_array(self, examples: Sequence[Example]) -> np.ndarray:
+        return np.asarray([ex.label for ex in examples])
+
+
+# ---- registry ---------------------------------------------------------------------------
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    if cls.name in _TASKS and _TASKS[cls.name] is not cls:
+        raise ValueError(f"task name '{cls.name}' registered twice")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def registered_tasks() -> dict[str, type[Task]]:
+    return dict(_TASKS)
+
+
+# ---- shared helpers ---------------------------------------------------------------------
+def subsample_train(examples: Sequence[Example], n_train: int, seed: int) -> list[Example]:
+    """Class-balanced, seeded subsample of ``n_train`` training examples (``-1``: keep all).
+
+    Examples are dealt round-robin over classes (sorted by label), each class drawing from
+    its own seeded permutation, so every class gets ``n_train // n_classes`` or one more
+    (or all it has, when it has fewer) and the total is ``min(n_train, len(examples))``.
+    The kept examples stay in input order.
+    """
+    if n_train < 0 or n_train >= len(examples):
+        return list(examples)
+    rng = np.random.default_rng(seed)
+    by_class: dict[Any, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        key = ex.label if np.ndim(ex.label) == 0 else tuple(ex.label)
+        by_class[key].append(i)
+    pools = {c: list(rng.permutation(idx)) for c, idx in sorted(by_class.items(), key=str)}
+    chosen: list[int] = []
+    remaining = n_train
+    # round-robin over classes keeps the sample as balanced as the data allows
+    while remaining > 0:
+        progressed = False
+        for c in pools:
+            if remaining == 0:
+                break
+            if pools[c]:
+                chosen.append(int(pools[c].pop()))
+                remaining -= 1
+                progressed = True
+        if not progressed:
+            break
+    return [examples[i] for i in sorted(chosen)]
