@@ -105,6 +105,22 @@ class Task(abc.ABC):
     def load(self, root: Path | None = None) -> TaskData:
         """Read the data folder into train/test examples. Raises ``TaskDataMissing``."""
 
+    # ---- download ---------------------------------------------------------------------
+    # ``biobench.download.RemoteFile`` entries fetched by the default ``download``.
+    remote_files: ClassVar[tuple] = ()
+
+    def download(self, root: Path | None = None, *, mirror: str | None = None,
+                 progress: bool = True) -> Path:
+        """Fetch, verify and unpack this task's data into ``data_path(root)``.
+
+        ``mirror`` replaces the host part of every URL (tests use a server on 127.0.0.1).
+        Tasks with an unusual source (a gated hub, a Python package, video trimming)
+        override this method.
+        """
+        from biobench import download
+
+        return download.download_task(self, self.data_path(root), mirror=mirror, progress=progress)
+
     # ---- protocol ---------------------------------------------------------------------
     def fit_predict(
         self,
