@@ -1,0 +1,65 @@
+"""NEON tree crowns, alive vs dead: crops of 37 labelled crowns from one NEON airborne RGB tile.
+
+The tile ``SOAP_061.png`` and its boxes ``testfile_multi.csv`` (columns
+``image_path,xmin,ymin,xmax,ymax,label``; labels Alive/Dead) ship inside the ``deepforest``
+2.1.0 wheel (MIT), fetched from the package registry with ``pip download --no-deps``. Each box
+is one example: the crop is read on the fly (``ImageRef.box``). 9 alive and 28 dead crowns;
+each class is split in half (seeded). A small, imbalanced drone/airborne task: the intervals
+are wide, as they should be.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from biobench.tasks._offline import COMPLETE_MARKER, install_files, stratified_half_split
+from biobench.tasks.base import Example, ImageRef, Task, TaskData, TaskDataMissing, register_task
+
+PACKAGE, VERSION = "deepforest", "2.1.0"
+CLASSES = ["Alive", "Dead"]
+
+
+@register_task
+class NeonTreeCrowns(Task):
+    name = "neon_tree_crowns"
+    display = "NEON tree crowns, alive vs dead (offline)"
+    kingdom = "Plantae"
+    modality = "airborne RGB (NEON AOP)"
+    citation = ("Weinstein, B. G. et al. (2020). DeepForest: A Python package for RGB deep learning "
+                "tree crown delineation. Methods in Ecology and Evolution 11(12), 1743-1751; "
+                "sample data from the deepforest 2.1.0 wheel (MIT).")
+    metric_name = "macro_f1"
+    default_probe = "logreg"
+    group = "offline"
+    download_hint = "biobench download neon_tree_crowns   (uses pip download; no other network)"
+
+    def check_present(self, root: Path | None = None) -> None:
+        path = self.data_path(root)
+        if not (path / COMPLETE_MARKER).exists():
+            raise TaskDataMissing(self.missing_message(path))
+
+    def download(self, root: Path | None = None, *, mirror: str | None = None,
+                 progress: bool = True) -> Path:
+        from biobench import assets
+
+        data = assets.fetch_asset(assets.DEEPFOREST_DATA, progress=progress)
+        files = {name: data / name for name in ("SOAP_061.png", "testfile_multi.csv")}
+        return install_files(files, self.data_path(root),
+                             {"source": f"{PACKAGE}=={VERSION} (PyPI wheel)", "files": list(files)})
+
+    def load(self, root: Path | None = None) -> TaskData:
+        self.check_present(root)
+        path = self.data_path(root)
+        examples = []
+        with open(path / "testfile_multi.csv", newline="") as fh:
+            for i, row in enumerate(csv.DictReader(fh)):
+                if row["label"] not in CLASSES:
+                    raise ValueError(f"{path / 'testfile_multi.csv'} row {i + 2}: unknown label "
+                                     f"'{row['label']}' (expected one of {CLASSES})")
+                box = tuple(int(float(row[k])) for k in ("xmin", "ymin", "xmax", "ymax"))
+                examples.append(Example(f"{row['image_path']}#{i:03d}",
+                                        (ImageRef(path / row["image_path"], box),),
+                                        CLASSES.index(row["label"])))
+        train, test = stratified_half_split(examples, seed=0)
+        return TaskData(train, test, CLASSES)
