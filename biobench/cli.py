@@ -94,8 +94,8 @@ def _cmd_download(args) -> int:
 def _cmd_assets(args) -> int:
     from biobench import assets
 
-    for path in assets.fetch_all_offline_assets():
-        print(path)
+    for name, path in assets.fetch_all_offline_assets().items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -145,22 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean 'the user can fix this': printed as one line, exit status 2."""
+    from biobench.assets import AssetChecksumError, AssetUnavailable
+    from biobench.backbones import UnknownModel
+    from biobench.download import DownloadError
+    from biobench.images import UnreadableImage
     from biobench.tasks import TaskDataMissing, UnknownTask
 
-    errors: list[type[BaseException]] = [TaskDataMissing, UnknownTask]
-    try:
-        from biobench.backbones import UnknownModel
-
-        errors.append(UnknownModel)
-    except ImportError:
-        pass
-    for module, name in (("biobench.download", "DownloadError"), ("biobench.images", "UnreadableImage"),
-                         ("biobench.assets", "AssetError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return (TaskDataMissing, UnknownTask, UnknownModel, DownloadError, UnreadableImage,
+            AssetUnavailable, AssetChecksumError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,9 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     if not force and store.has_run(key):
         return _from_store(store, key)
 
+    if task.cross_fitted and n_train != -1:
+        raise ValueError(f"task '{task.name}' predicts every example from the others "
+                         f"(cross-fitting); n_train={n_train} does not apply: use -1")
     started = time.perf_counter()
     data = task.load(data_root)  # raises TaskDataMissing with the download command
     train = subsample_train(data.train, n_train, seed)
@@ -141,13 +144,14 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     interval = bootstrap_ci(task.score, y_true, y_pred, n_bootstrap=n_bootstrap, level=ci_level,
                             seed=seed)
     extra = {"class_names": data.class_names, "ci_contains_estimate": interval.contains_estimate,
+             "cross_fitted": task.cross_fitted,
              "skipped_files": (f_train.skipped_files if f_train else []) + f_test.skipped_files}
     if hasattr(probe, "C_"):
         extra["probe_C"] = probe.C_
     record = RunRecord(
         key=key, metric=task.metric_name, score=interval.estimate, ci_low=interval.low,
         ci_high=interval.high, ci_level=ci_level, n_bootstrap=n_bootstrap,
-        n_train_used=len(kept_train), n_test=len(kept_test),
+        n_train_used=None if task.cross_fitted else len(kept_train), n_test=len(kept_test),
         n_skipped=(f_train.n_skipped if f_train else 0) + f_test.n_skipped,
         versions=package_versions(), git_commit=git_commit(), device=device_description(device),
         wall_time_s=time.perf_counter() - started, extra=extra,

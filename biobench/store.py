@@ -217,10 +217,10 @@ class ResultsStore:
         return None if df.empty else df.iloc[0].to_dict()
 
     def predictions(self, run_id: int) -> pd.DataFrame:
-        """Per-example rows of a run, ordered by example id; ``y_true``/``y_pred`` decoded."""
+        """Per-example rows of a run in the order they were saved; ``y_true``/``y_pred`` decoded."""
         with self._connect() as con:
             df = pd.read_sql_query(
-                "SELECT example_id, y_true, y_pred FROM predictions WHERE run_id=? ORDER BY example_id",
+                "SELECT example_id, y_true, y_pred FROM predictions WHERE run_id=? ORDER BY rowid",
                 con, params=(run_id,),
             )
         df["y_true"] = df["y_true"].map(json.loads)

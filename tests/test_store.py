@@ -21,7 +21,7 @@ def test_save_and_read_back(tmp_path):
     row = store.get_run(key)
     assert row["score"] == 0.5 and row["extra"] == {"per_class": {"a": 1.0}}
     preds = store.predictions(run_id)
-    assert list(preds["example_id"]) == ["a", "b", "c"]
+    assert list(preds["example_id"]) == ["a", "b", "c"]  # saved order
     assert preds["y_true"].tolist() == [1, 0, [1, 0]]
     with sqlite3.connect(tmp_path / "r.sqlite") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

