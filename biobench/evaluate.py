@@ -148,6 +148,8 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
              "skipped_files": (f_train.skipped_files if f_train else []) + f_test.skipped_files}
     if hasattr(probe, "C_"):
         extra["probe_C"] = probe.C_
+    # task-specific figures a protocol reports (re-ID top-k, open-set threshold, ...)
+    extra.update(subset.extra.get("run_extra", {}))
     record = RunRecord(
         key=key, metric=task.metric_name, score=interval.estimate, ci_low=interval.low,
         ci_high=interval.high, ci_level=ci_level, n_bootstrap=n_bootstrap,

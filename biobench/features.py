@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto warns on stderr in notebooks without ipywidgets
 
 from biobench import config
 from biobench.images import UnreadableImage, load_image

@@ -6,6 +6,7 @@
   predict the nearest class centroid.
 - ``knn``: k-nearest neighbours by cosine similarity, majority vote (ties: nearest neighbour's
   class among the tied).
+- ``linear_svm``: a linear SVM with fixed ``C`` (NeWT's protocol).
 
 All are deterministic given ``seed``.
 """
@@ -17,16 +18,16 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
 DEFAULT_C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 11))
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
+def l2_normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
 
@@ -42,10 +43,6 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.seed = seed
 
-    def _model(self, C: float) -> LogisticRegression:
-        return LogisticRegression(C=C, max_iter=self.max_iter, class_weight=self.class_weight,
-                                  random_state=self.seed)
-
     def fit(self, X, y):
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y)
@@ -54,26 +51,27 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         # Folds cannot exceed the smallest class; with a single example per class there is
         # nothing to cross-validate and the middle of the grid is used.
-        n_splits = min(self.n_folds, int(np.bincount(np.unique(y, return_inverse=True)[1]).min()))
-        if n_splits >= 2 and len(self.classes_) > 1:
-            folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.seed)
-            scores = np.zeros(len(self.C_grid))
-            for train_idx, val_idx in folds.split(Xs, y):
-                for j, C in enumerate(self.C_grid):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", ConvergenceWarning)
-                        model = self._model(C).fit(Xs[train_idx], y[train_idx])
-                    scores[j] += f1_score(y[val_idx], model.predict(Xs[val_idx]), average="macro",
-                                          zero_division=0.0)
-            self.cv_scores_ = scores / n_splits
-            # first best = the strongest regularisation among equals
-            self.C_ = float(self.C_grid[int(np.argmax(self.cv_scores_))])
-        else:
-            self.cv_scores_ = None
-            self.C_ = float(self.C_grid[len(self.C_grid) // 2])
+        n_splits = min(self.n_folds, int(np.unique(y, return_counts=True)[1].min()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            self.model_ = self._model(self.C_).fit(Xs, y)
+            if n_splits >= 2 and len(self.classes_) > 1:
+                # LogisticRegressionCV walks the C grid with warm starts: several times faster
+                # than refitting from scratch for every (fold, C).
+                self.model_ = LogisticRegressionCV(
+                    Cs=list(self.C_grid), cv=StratifiedKFold(n_splits, shuffle=True,
+                                                             random_state=self.seed),
+                    scoring="f1_macro", class_weight=self.class_weight, max_iter=self.max_iter,
+                    random_state=self.seed, l1_ratios=(0.0,), use_legacy_attributes=False,
+                ).fit(Xs, y)
+                self.C_ = float(self.model_.C_)
+                # mean validation macro-F1 per C; scores_ is (n_folds, n_l1_ratios=1, n_Cs)
+                self.cv_scores_ = self.model_.scores_.mean(axis=0)[0]
+            else:
+                self.C_ = float(self.C_grid[len(self.C_grid) // 2])
+                self.cv_scores_ = None
+                self.model_ = LogisticRegression(C=self.C_, max_iter=self.max_iter,
+                                                 class_weight=self.class_weight,
+                                                 random_state=self.seed).fit(Xs, y)
         return self
 
     def predict_proba(self, X):
@@ -92,7 +90,7 @@ class SimpleShotProbe(ClassifierMixin, BaseEstimator):
         self.seed = seed  # unused (deterministic); kept so every probe takes a seed
 
     def _transform(self, X):
-        return _l2_normalise(np.asarray(X, dtype=np.float64) - self.mean_)
+        return l2_normalise(np.asarray(X, dtype=np.float64) - self.mean_)
 
     def fit(self, X, y):
         X = np.asarray(X, dtype=np.float64)
@@ -122,31 +120,57 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     def fit(self, X, y):
-        self.X_ = _l2_normalise(np.asarray(X, dtype=np.float64))
+        self.X_ = l2_normalise(np.asarray(X, dtype=np.float64))
         self.y_ = np.asarray(y)
         self.classes_ = np.unique(self.y_)
         return self
 
     def predict(self, X):
         check_is_fitted(self, "X_")
-        sims = _l2_normalise(np.asarray(X, dtype=np.float64)) @ self.X_.T
+        sims = l2_normalise(np.asarray(X, dtype=np.float64)) @ self.X_.T
         k = min(self.k, len(self.y_))
         # stable sort: equal similarities keep training order, so results are deterministic
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        return np.array([_vote(self.y_[row]) for row in order])
+        return np.array([majority_vote(self.y_[row]) for row in order])
 
 
-def _vote(neighbour_labels: np.ndarray):
+def majority_vote(neighbour_labels: np.ndarray):
     """Majority label; among tied labels, the one whose first neighbour is nearest."""
     values, first_pos, counts = np.unique(neighbour_labels, return_index=True, return_counts=True)
     best = counts == counts.max()
     return values[best][np.argmin(first_pos[best])]
 
 
+class LinearSVMProbe(ClassifierMixin, BaseEstimator):
+    """Linear SVM (hinge loss, L2 penalty) with a fixed ``C``; no search."""
+
+    def __init__(self, C: float = 1.0, max_iter: int = 10000, seed: int = 0):
+        self.C = C
+        self.max_iter = max_iter
+        self.seed = seed
+
+    def fit(self, X, y):
+        self.model_ = LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model_.fit(X, y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def decision_function(self, X):
+        check_is_fitted(self, "model_")
+        return self.model_.decision_function(X)
+
+    def predict(self, X):
+        check_is_fitted(self, "model_")
+        return self.model_.predict(X)
+
+
 PROBES = {
     "logreg": LogisticProbe,
     "simpleshot": SimpleShotProbe,
     "knn": KNNProbe,
+    "linear_svm": LinearSVMProbe,
 }
 
 

@@ -149,8 +149,6 @@ def fetch_published(url: str | None = None, dest: Path | None = None, *,
     url = url or os.environ.get(URL_ENV) or PUBLISHED_URL
     dest = Path(dest) if dest is not None else cache_path()
     _reachable(url, timeout)
-    # Imported only now: biobench.download pulls in tqdm.auto, whose import warning on stderr
-    # would break a strict book build of pages that read a local file or run offline.
     from biobench.download import DownloadError, download_file
 
     try:
@@ -275,7 +273,7 @@ def import_published(store: ResultsStore, published: Published | None = None, *,
     published = published or load_published()
     imagenet = published.results[published.results["task"] == IMAGENET_TASK]
     imagenet_top1 = dict(zip(imagenet["model"], imagenet["mean"]))
-    store.save_models([
+    store.save_models(replace_source=SOURCE, records=[
         ModelRecord(
             source=SOURCE, model=m.model, display=m.display, family=m.family,
             params=int(m.params), resolution=int(m.resolution),
@@ -294,12 +292,11 @@ def import_published(store: ResultsStore, published: Published | None = None, *,
                   "generated_ms": published.meta.get("generated"),
                   "bootstrap_seed": published.meta.get("seed")}
 
-    store.delete_runs(SOURCE)
     rows = published.results.itertuples()
     if progress is not None:
         rows = progress(rows, total=len(published.results), desc="importing published runs")
-    for r in rows:
-        store.save_run(RunRecord(
+    records = [
+        RunRecord(
             key=RunKey(model=r.model, task=r.task, protocol=PROTOCOL, seed=0, n_train=-1,
                        source=SOURCE),
             metric=PUBLISHED_METRICS[r.task],
@@ -319,8 +316,11 @@ def import_published(store: ResultsStore, published: Published | None = None, *,
                 "task_group": group[r.task],
                 **provenance,
             },
-        ))
-    return len(published.results)
+        )
+        for r in rows
+    ]
+    # one transaction: a re-import replaces the old rows all at once or not at all
+    return store.save_runs(records, replace_source=SOURCE)
 
 
 # ---- book pages -------------------------------------------------------------------------------

@@ -165,6 +165,35 @@ class ResultsStore:
         With ``replace`` an existing run with the same key is deleted in that same
         transaction; without it, saving a key twice raises ``sqlite3.IntegrityError``.
         """
+        with self._connect() as con:
+            if replace:
+                self._delete_key(con, record.key)
+            return self._insert(con, record, predictions)
+
+    def save_runs(self, records: Sequence[RunRecord], replace_source: str | None = None) -> int:
+        """Write many runs without predictions in one transaction (e.g. an imported leaderboard).
+
+        With ``replace_source`` every run of that source is deleted first, in the same
+        transaction, so a re-import is all-or-nothing.
+        """
+        with self._connect() as con:
+            if replace_source is not None:
+                con.execute("DELETE FROM runs WHERE source=?", (replace_source,))
+            for record in records:
+                self._insert(con, record, ())
+        return len(records)
+
+    @staticmethod
+    def _delete_key(con: sqlite3.Connection, k: RunKey) -> None:
+        con.execute(
+            "DELETE FROM runs WHERE source=? AND model=? AND task=? AND protocol=?"
+            " AND seed=? AND n_train=?",
+            (k.source, k.model, k.task, k.protocol, k.seed, k.n_train),
+        )
+
+    @staticmethod
+    def _insert(con: sqlite3.Connection, record: RunRecord,
+                predictions: Iterable[tuple[str, Any, Any]]) -> int:
         k = record.key
         row = {
             **{f: getattr(k, f) for f in ("source", "model", "task", "protocol", "seed", "n_train")},
@@ -174,21 +203,14 @@ class ResultsStore:
             "versions": json.dumps(record.versions, sort_keys=True),
             "extra": _to_json(record.extra),
         }
-        with self._connect() as con:
-            if replace:
-                con.execute(
-                    "DELETE FROM runs WHERE source=? AND model=? AND task=? AND protocol=?"
-                    " AND seed=? AND n_train=?",
-                    (k.source, k.model, k.task, k.protocol, k.seed, k.n_train),
-                )
-            cols = ", ".join(row)
-            marks = ", ".join("?" for _ in row)
-            cur = con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
-            run_id = int(cur.lastrowid)
-            con.executemany(
-                "INSERT INTO predictions (run_id, example_id, y_true, y_pred) VALUES (?, ?, ?, ?)",
-                ((run_id, str(i), _to_json(t), _to_json(p)) for i, t, p in predictions),
-            )
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        cur = con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+        run_id = int(cur.lastrowid)
+        con.executemany(
+            "INSERT INTO predictions (run_id, example_id, y_true, y_pred) VALUES (?, ?, ?, ?)",
+            ((run_id, str(i), _to_json(t), _to_json(p)) for i, t, p in predictions),
+        )
         return run_id
 
     def delete_runs(self, source: str) -> int:
@@ -228,8 +250,11 @@ class ResultsStore:
         return df
 
     # ---- models -----------------------------------------------------------------------
-    def save_models(self, records: Sequence[ModelRecord]) -> None:
+    def save_models(self, records: Sequence[ModelRecord], replace_source: str | None = None) -> None:
+        """Insert or update model metadata; ``replace_source`` first drops that source's rows."""
         with self._connect() as con:
+            if replace_source is not None:
+                con.execute("DELETE FROM models WHERE source=?", (replace_source,))
             con.executemany(
                 "INSERT OR REPLACE INTO models (source, model, display, family, params, resolution,"
                 " imagenet_top1, imagenet_source, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -89,5 +89,5 @@ def test_knn_tie_break_prefers_nearest():
 
 
 def test_make_probe_unknown_lists_valid():
-    with pytest.raises(KeyError, match="knn, logreg, simpleshot"):
+    with pytest.raises(KeyError, match="knn, linear_svm, logreg, simpleshot"):
         make_probe("svm")

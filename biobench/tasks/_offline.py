@@ -6,17 +6,14 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
-
 from typing import ClassVar
 
 import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
-from biobench.tasks.base import Example, Task, TaskData
-
-COMPLETE_MARKER = ".biobench-complete"
+from biobench.download import MARKER_NAME as COMPLETE_MARKER  # one marker name for every task
+from biobench.tasks.base import Task, TaskData
 
 
 class CrossFittedTask(Task):

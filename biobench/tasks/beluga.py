@@ -26,10 +26,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto warns on stderr in notebooks without ipywidgets
 
 from biobench.download import RemoteFile
-from biobench.probes import _l2_normalise, _vote
+from biobench.probes import l2_normalise, majority_vote
 from biobench.tasks._downloaded import DownloadedTask
 from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
 
@@ -51,7 +51,7 @@ def leave_one_out_knn(x: np.ndarray, labels: np.ndarray, k: int = DEFAULT_K,
     n = len(labels)
     if n < 2:
         raise ValueError("leave-one-out needs at least two examples")
-    z = _l2_normalise(np.asarray(x, dtype=np.float64))
+    z = l2_normalise(np.asarray(x, dtype=np.float64))
     k = min(k, n - 1)
     preds = np.empty(n, dtype=labels.dtype)
     top1 = top5 = 0
@@ -63,7 +63,7 @@ def leave_one_out_knn(x: np.ndarray, labels: np.ndarray, k: int = DEFAULT_K,
         sims[np.arange(len(rows)), rows] = -np.inf  # the query is not its own neighbour
         order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]  # self sorts last
         for query, ranked in zip(rows, order):
-            preds[query] = _vote(labels[ranked[:k]])
+            preds[query] = majority_vote(labels[ranked[:k]])
             hits = labels[ranked] == labels[query]
             top1 += bool(hits[0])
             top5 += bool(hits[:5].any())

@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.svm import LinearSVC
 
-from biobench import probes
 from biobench.download import RemoteFile
-from biobench.probes import _l2_normalise
+from biobench.probes import l2_normalise
 from biobench.tasks._downloaded import DownloadedTask
 from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
 
@@ -36,22 +34,10 @@ IMAGE_DIR = "newt2021_images"
 COLUMNS = ("id", "label", "split", "task", "task_cluster", "task_subcluster")
 
 
-class LinearSVMProbe(LinearSVC):
-    """A linear SVM (hinge loss, L2 penalty, ``C`` = 1), seeded like every project probe."""
-
-    def __init__(self, C: float = 1.0, max_iter: int = 10000, seed: int = 0):
-        super().__init__(C=C, max_iter=max_iter, random_state=seed)
-        self.seed = seed
-
-
-# NeWT's probe; registered here until biobench.probes offers it (ask the lead to move it).
-probes.PROBES.setdefault("linear_svm", LinearSVMProbe)
-
-
 def per_task_features(x: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
     """L2-normalise, centre on the mean of ``train_rows``, L2-normalise again."""
-    z = _l2_normalise(np.asarray(x, dtype=np.float64))
-    return _l2_normalise(z - z[train_rows].mean(axis=0))
+    z = l2_normalise(np.asarray(x, dtype=np.float64))
+    return l2_normalise(z - z[train_rows].mean(axis=0))
 
 
 @register_task
