@@ -1,0 +1,35 @@
+"""Backbone registry: ``create_backbone(name)`` -> a frozen ``Backbone`` (images -> (B, D)).
+
+    >>> from biobench.backbones import create_backbone, list_models, model_info
+    >>> list_models(loader="offline")
+    ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'mobilenet_v2']
+    >>> model_info("mobilenet_v2").imagenet_top1
+    0.71878
+
+Names are registered ones (``list_models()``) or ad-hoc ``timm:...`` / ``open_clip:...``
+names; see ``biobench.backbones.registry``. Adding a model is a few lines in one module:
+``@register_model(name, ModelInfo(...))`` over ``constructor(info) -> Backbone``, or
+``register_alias(name, "timm:...", **info_fields)``.
+"""
+
+from biobench.backbones.base import Backbone, ModelInfo
+from biobench.backbones.registry import (
+    UnknownModel,
+    WeightsUnavailable,
+    create_backbone,
+    list_models,
+    model_info,
+    register_alias,
+    register_model,
+    register_scheme,
+)
+from biobench.backbones.timm_models import WeightsMismatch
+
+# Importing these registers their models and name schemes.
+from biobench.backbones import offline, openclip_models, timm_models  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "Backbone", "ModelInfo", "UnknownModel", "WeightsMismatch", "WeightsUnavailable",
+    "create_backbone", "list_models", "model_info", "register_alias", "register_model",
+    "register_scheme",
+]
