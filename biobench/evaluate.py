@@ -111,7 +111,8 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     task = get_task(task) if isinstance(task, str) else task
     protocol = protocol or task.default_probe
     model_name = model if isinstance(model, str) else model.info.name
-    info = model_info(model_name) if isinstance(model, str) else model.info
+    if isinstance(model, str):
+        model_info(model_name)  # an unknown name fails now, before any data is read
     store = _open_store(store)
     key = RunKey(model_name, task.name, protocol, seed, n_train)
     if not force and store.has_run(key):
@@ -124,6 +125,7 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     data = task.load(data_root)  # raises TaskDataMissing with the download command
     train = subsample_train(data.train, n_train, seed)
     backbone = create_backbone(model_name, device=device) if isinstance(model, str) else model
+    info = backbone.info  # after building: ad-hoc hub models know their resolution only now
 
     def features(examples, split):
         return extract_features(backbone, examples, task_name=task.name, split=split,

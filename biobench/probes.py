@@ -19,11 +19,15 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.metrics import f1_score, make_scorer
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
+# Not the "f1_macro" string: on binary problems scikit-learn 1.9's LogisticRegressionCV passes
+# pos_label twice to that built-in scorer and raises TypeError.
+MACRO_F1_SCORER = make_scorer(f1_score, average="macro", zero_division=0.0)
 DEFAULT_C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 11))
 
 
@@ -60,7 +64,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
                 self.model_ = LogisticRegressionCV(
                     Cs=list(self.C_grid), cv=StratifiedKFold(n_splits, shuffle=True,
                                                              random_state=self.seed),
-                    scoring="f1_macro", class_weight=self.class_weight, max_iter=self.max_iter,
+                    scoring=MACRO_F1_SCORER, class_weight=self.class_weight, max_iter=self.max_iter,
                     random_state=self.seed, l1_ratios=(0.0,), use_legacy_attributes=False,
                 ).fit(Xs, y)
                 self.C_ = float(self.model_.C_)

@@ -91,3 +91,10 @@ def test_knn_tie_break_prefers_nearest():
 def test_make_probe_unknown_lists_valid():
     with pytest.raises(KeyError, match="knn, linear_svm, logreg, simpleshot"):
         make_probe("svm")
+
+
+def test_logistic_probe_on_a_binary_problem():
+    X, y = make_classification(n_samples=80, n_features=6, random_state=1)
+    probe = LogisticProbe(seed=0).fit(X, y)
+    assert probe.cv_scores_.shape == (len(DEFAULT_C_GRID),)
+    assert np.mean(probe.predict(X) == y) > 0.8
