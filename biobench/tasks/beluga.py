@@ -87,6 +87,7 @@ class Beluga(DownloadedTask):
     metric_name = "macro_f1"
     default_probe = "knn"
     group = "benchmark"
+    cross_fitted = True  # no split: leave-one-out over every image, so n_train does not apply
     remote_files = (
         RemoteFile("http://us-west-2.opendata.source.coop.s3.amazonaws.com/agentmorris/"
                    "lila-wildlife/wild-me/beluga.coco.tar.gz",

@@ -1,5 +1,7 @@
-"""ImageNet-1K (prior work): ILSVRC 2012, 1,000 classes. Its linear-probe accuracy on frozen
-features is the "ImageNet" axis of every correlation in the book.
+"""ImageNet-1K (prior work): ILSVRC 2012, 1,000 classes. In the published BioBench leaderboard
+its linear-probe accuracy on frozen features is the "ImageNet" axis of the correlations; for our
+own offline runs, where ImageNet itself is not available, the axis is each checkpoint's
+published top-1 (``ModelInfo.imagenet_top1``, stored in the results store's models table).
 
 Source: the gated Hugging Face dataset ``ILSVRC/imagenet-1k`` (accept its licence on the hub,
 then log in). On disk, as its archives unpack:
