@@ -8,6 +8,8 @@ was killed resumes where extraction stopped, and the store only ever holds compl
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import subprocess
 import time
@@ -23,7 +25,7 @@ from biobench.features import extract_features
 from biobench.probes import make_probe
 from biobench.stats import bootstrap_ci
 from biobench.store import ModelRecord, ResultsStore, RunKey, RunRecord
-from biobench.tasks import Task, TaskData, get_task, subsample_train
+from biobench.tasks import Task, TaskData, TaskDataMissing, get_task, subsample_train
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "open_clip_torch", "scikit-learn", "numpy",
                       "biobench-book")
@@ -115,14 +117,24 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
         model_info(model_name)  # an unknown name fails now, before any data is read
     store = _open_store(store)
     key = RunKey(model_name, task.name, protocol, seed, n_train)
-    if not force and store.has_run(key):
-        return _from_store(store, key)
-
     if task.cross_fitted and n_train != -1:
         raise ValueError(f"task '{task.name}' predicts every example from the others "
                          f"(cross-fitting); n_train={n_train} does not apply: use -1")
     started = time.perf_counter()
-    data = task.load(data_root)  # raises TaskDataMissing with the download command
+    stored = None if force else store.get_run(key)
+    try:
+        data = task.load(data_root)  # raises TaskDataMissing with the download command
+    except TaskDataMissing:
+        if stored is not None:  # nothing to check the stored run against: trust it
+            return _from_store(store, key)
+        raise
+    fingerprint = data_fingerprint(task, data)
+    if stored is not None:
+        if stored["extra"].get("data_fingerprint") == fingerprint:
+            return _from_store(store, key)
+        # same key, different examples or split (the data or the task's code changed):
+        # the stored run no longer describes this task, so it is recomputed and replaced
+        force = True
     train = subsample_train(data.train, n_train, seed)
     backbone = create_backbone(model_name, device=device) if isinstance(model, str) else model
     info = backbone.info  # after building: ad-hoc hub models know their resolution only now
@@ -146,7 +158,7 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     interval = bootstrap_ci(task.score, y_true, y_pred, n_bootstrap=n_bootstrap, level=ci_level,
                             seed=seed)
     extra = {"class_names": data.class_names, "ci_contains_estimate": interval.contains_estimate,
-             "cross_fitted": task.cross_fitted,
+             "cross_fitted": task.cross_fitted, "data_fingerprint": fingerprint,
              "skipped_files": (f_train.skipped_files if f_train else []) + f_test.skipped_files}
     if hasattr(probe, "C_"):
         extra["probe_C"] = probe.C_
@@ -165,6 +177,16 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     return RunResult(run_id, key, record.metric, record.score, record.ci_low, record.ci_high,
                      record.n_train_used, record.n_test, record.n_skipped,
                      [ex.id for ex in kept_test], y_true, y_pred, reused=False, extra=extra)
+
+
+def data_fingerprint(task: Task, data: TaskData) -> str:
+    """Hash of which examples, with which labels, sit in which split: a stored run is reused
+    only while this is unchanged."""
+    h = hashlib.sha256(f"{task.name}|{task.cross_fitted}".encode())
+    for split, examples in (("train", data.train), ("test", data.test)):
+        for ex in examples:
+            h.update(f"{split}|{ex.id}|{json.dumps(np.asarray(ex.label).tolist())}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _keep(examples, ids) -> list:

@@ -64,3 +64,31 @@ def test_n_train_subsample_is_balanced_and_seeded(env):
     b = run_evaluation(tiny_backbone(), "synthetic", n_train=6, seed=2, n_bootstrap=20, **env)
     assert a.n_train_used == 6 and b.n_train_used == 6
     assert len(env["store"].runs()) == 2  # n_train and seed are part of the run key
+
+
+def test_stored_run_is_recomputed_when_the_task_data_changed(env):
+    first = run_evaluation(tiny_backbone(), "synthetic", n_bootstrap=20, **env)
+    # one test image disappears: the stored run no longer describes this task
+    victim = sorted((env["data_root"] / "test" / "red").glob("*.png"))[0]
+    victim.unlink()
+    bb = tiny_backbone()
+    second = run_evaluation(bb, "synthetic", n_bootstrap=20, **env)
+    assert not second.reused and second.n_test == first.n_test - 1
+    assert len(env["store"].runs()) == 1  # replaced, not duplicated
+    third = run_evaluation(tiny_backbone(), "synthetic", n_bootstrap=20, **env)
+    assert third.reused and third.run_id == second.run_id
+
+
+def test_stored_run_is_returned_when_the_data_is_gone(env):
+    from biobench.tasks import TaskDataMissing
+    from biobench.tasks.synthetic import Synthetic
+
+    class DataGone(Synthetic):  # same name, but its data folder has been deleted
+        def load(self, root=None):
+            raise TaskDataMissing("data deleted")
+
+    run = run_evaluation(tiny_backbone(), "synthetic", n_bootstrap=20, **env)
+    again = run_evaluation(tiny_backbone(), DataGone(), n_bootstrap=20, **env)
+    assert again.reused and again.run_id == run.run_id
+    with pytest.raises(TaskDataMissing):  # nothing stored for this seed: the error stands
+        run_evaluation(tiny_backbone(), DataGone(), seed=1, n_bootstrap=20, **env)

@@ -12,8 +12,14 @@ names; see ``biobench.backbones.registry``. Adding a model is a few lines in one
 ``register_alias(name, "timm:...", **info_fields)``.
 """
 
-from biobench.backbones.base import Backbone, ModelInfo
-from biobench.backbones.registry import (
+import warnings
+
+# huggingface_hub (imported by timm and open_clip) imports tqdm.auto, which warns on stderr in
+# notebooks without ipywidgets; a strict book build turns that stray stderr into a failure.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from biobench.backbones.base import Backbone, ModelInfo  # noqa: E402
+from biobench.backbones.registry import (  # noqa: E402
     UnknownModel,
     WeightsUnavailable,
     create_backbone,
@@ -23,7 +29,7 @@ from biobench.backbones.registry import (
     register_model,
     register_scheme,
 )
-from biobench.backbones.timm_models import WeightsMismatch
+from biobench.backbones.timm_models import WeightsMismatch  # noqa: E402
 
 # Importing these registers their models and name schemes.
 from biobench.backbones import offline, openclip_models, timm_models  # noqa: E402,F401  isort: skip
