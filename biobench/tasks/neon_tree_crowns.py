@@ -13,15 +13,15 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from biobench.tasks._offline import COMPLETE_MARKER, CrossFittedTask, install_files
-from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
+from biobench.tasks._offline import RegistryWheelTask, install_files
+from biobench.tasks.base import Example, ImageRef, TaskData, register_task
 
 PACKAGE, VERSION = "deepforest", "2.1.0"
 CLASSES = ["Alive", "Dead"]
 
 
 @register_task
-class NeonTreeCrowns(CrossFittedTask):
+class NeonTreeCrowns(RegistryWheelTask):
     name = "neon_tree_crowns"
     display = "NEON tree crowns, alive vs dead (offline)"
     kingdom = "Plantae"
@@ -29,15 +29,7 @@ class NeonTreeCrowns(CrossFittedTask):
     citation = ("Weinstein, B. G. et al. (2020). DeepForest: A Python package for RGB deep learning "
                 "tree crown delineation. Methods in Ecology and Evolution 11(12), 1743-1751; "
                 "sample data from the deepforest 2.1.0 wheel (MIT).")
-    metric_name = "macro_f1"
-    default_probe = "logreg"
-    group = "offline"
     download_hint = "biobench download neon_tree_crowns   (uses pip download; no other network)"
-
-    def check_present(self, root: Path | None = None) -> None:
-        path = self.data_path(root)
-        if not (path / COMPLETE_MARKER).exists():
-            raise TaskDataMissing(self.missing_message(path))
 
     def download(self, root: Path | None = None, *, mirror: str | None = None,
                  progress: bool = True) -> Path:

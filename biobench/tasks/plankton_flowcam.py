@@ -15,29 +15,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biobench.tasks._offline import COMPLETE_MARKER, CrossFittedTask, install_files
+from biobench.tasks._offline import RegistryWheelTask, install_files
 from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
 
 PACKAGE, VERSION = "planktonclas", "0.2.4"
 
 
 @register_task
-class PlanktonFlowCam(CrossFittedTask):
+class PlanktonFlowCam(RegistryWheelTask):
     name = "plankton_flowcam"
     display = "FlowCam phytoplankton (offline)"
     kingdom = "Chromista / Protozoa"
     modality = "flow-imaging microscopy (FlowCam)"
     citation = ("Decrop, W. et al. planktonclas 0.2.4: phytoplankton classification demo images "
                 "from EcoTaxa (VLIZ / LifeWatch Belgium), Apache-2.0. https://pypi.org/project/planktonclas/")
-    metric_name = "macro_f1"
-    default_probe = "logreg"
-    group = "offline"
     download_hint = "biobench download plankton_flowcam   (uses pip download; no other network)"
-
-    def check_present(self, root: Path | None = None) -> None:
-        path = self.data_path(root)
-        if not (path / COMPLETE_MARKER).exists():
-            raise TaskDataMissing(self.missing_message(path))
 
     def download(self, root: Path | None = None, *, mirror: str | None = None,
                  progress: bool = True) -> Path:
