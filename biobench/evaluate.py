@@ -132,9 +132,7 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     if stored is not None:
         if stored["extra"].get("data_fingerprint") == fingerprint:
             return _from_store(store, key)
-        # same key, different examples or split (the data or the task's code changed):
-        # the stored run no longer describes this task, so it is recomputed and replaced
-        force = True
+        force = True  # the stored run describes other data: recompute and replace it
     train = subsample_train(data.train, n_train, seed)
     backbone = create_backbone(model_name, device=device) if isinstance(model, str) else model
     info = backbone.info  # after building: ad-hoc hub models know their resolution only now
@@ -177,6 +175,20 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     return RunResult(run_id, key, record.metric, record.score, record.ci_low, record.ci_high,
                      record.n_train_used, record.n_test, record.n_skipped,
                      [ex.id for ex in kept_test], y_true, y_pred, reused=False, extra=extra)
+
+
+def stored_run_is_current(store: ResultsStore, key: RunKey, task: Task,
+                          data_root: Path | None = None) -> bool:
+    """True when ``key`` is stored and still describes the task's data (its fingerprint
+    matches), or is stored and the data is not here to check against."""
+    stored = store.get_run(key)
+    if stored is None:
+        return False
+    try:
+        data = task.load(data_root)
+    except TaskDataMissing:
+        return True
+    return stored["extra"].get("data_fingerprint") == data_fingerprint(task, data)
 
 
 def data_fingerprint(task: Task, data: TaskData) -> str:

@@ -386,9 +386,11 @@ def template_digest(template: Path) -> str:
 
 def cell_is_done(cell: GridCell, runs_dir: Path, store, digest: str | None = None) -> bool:
     """Done: the page exists, was made from this template (when ``digest`` is given), and its
-    run is in the store. A changed template re-executes the page; the run is read back."""
+    run is in the store for the task's current data. A changed template re-executes the page;
+    the run is read back."""
     import json
 
+    from biobench.evaluate import stored_run_is_current
     from biobench.store import RunKey
     from biobench.tasks import get_task
 
@@ -402,8 +404,11 @@ def cell_is_done(cell: GridCell, runs_dir: Path, store, digest: str | None = Non
             return False
         if made_from != digest:
             return False
-    protocol = cell.protocol or get_task(cell.task).default_probe
-    return store.has_run(RunKey(cell.model, cell.task, protocol, cell.seed, cell.n_train))
+    task = get_task(cell.task)
+    protocol = cell.protocol or task.default_probe
+    # a stored run whose task data changed since is not done: its page must be re-made
+    return stored_run_is_current(store, RunKey(cell.model, cell.task, protocol, cell.seed,
+                                               cell.n_train), task)
 
 
 def run_grid(grid: Grid, *, root: Path | None = None, template: Path | None = None,

@@ -11,6 +11,7 @@ import nbformat
 import pytest
 import yaml
 
+from biobench import config
 from biobench import grid as G
 from biobench.store import ResultsStore, RunKey, RunRecord
 
@@ -147,7 +148,15 @@ def test_write_if_changed_keeps_mtime_of_identical_content(tmp_path):
 
 # ---- execution: skip, atomic write, failures ---------------------------------------------
 def _record(model: str, task: str = "synthetic", protocol: str = "simpleshot") -> RunRecord:
-    return RunRecord(RunKey(model, task, protocol), "macro_f1", 0.5, 0.4, 0.6)
+    """A stored run as run_evaluation leaves it, fingerprint of the task's data included."""
+    from biobench.evaluate import data_fingerprint
+    from biobench.tasks import get_task
+
+    extra = {}
+    if task == "synthetic":
+        spec = get_task(task)
+        extra["data_fingerprint"] = data_fingerprint(spec, spec.load())
+    return RunRecord(RunKey(model, task, protocol), "macro_f1", 0.5, 0.4, 0.6, extra=extra)
 
 
 @pytest.fixture
@@ -204,6 +213,13 @@ def test_grid_skips_done_cells_and_reruns_when_forced(book, monkeypatch):
     assert calls == ["random_tiny"] * 4
     G.run_grid(grid, progress=False, **copied)
     assert calls == ["random_tiny"] * 4
+
+    # a run whose task data changed since is not done: its page is made again
+    test_image = sorted((config.data_dir() / "synthetic" / "test" / "red").glob("*.png"))[0]
+    test_image.unlink()
+    G.run_grid(grid, progress=False, **copied)
+    assert calls == ["random_tiny"] * 5
+    shutil.rmtree(config.data_dir() / "synthetic")  # regenerated (seeded) for later tests
 
 
 def test_failed_cell_is_named_and_the_others_finish(book, monkeypatch):
