@@ -121,18 +121,11 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
         raise ValueError(f"task '{task.name}' predicts every example from the others "
                          f"(cross-fitting); n_train={n_train} does not apply: use -1")
     started = time.perf_counter()
-    stored = None if force else store.get_run(key)
-    try:
-        data = task.load(data_root)  # raises TaskDataMissing with the download command
-    except TaskDataMissing:
-        if stored is not None:  # nothing to check the stored run against: trust it
-            return _from_store(store, key)
-        raise
-    fingerprint = data_fingerprint(task, data)
-    if stored is not None:
-        if stored["extra"].get("data_fingerprint") == fingerprint:
-            return _from_store(store, key)
-        force = True  # the stored run describes other data: recompute and replace it
+    stored_is_current, data, fingerprint = _stored_run_state(store, key, task, data_root, force)
+    if stored_is_current:
+        return _from_store(store, key)
+    # a stored run of other data (not current) is recomputed and replaced
+    replace = force or store.has_run(key)
     train = subsample_train(data.train, n_train, seed)
     backbone = create_backbone(model_name, device=device) if isinstance(model, str) else model
     info = backbone.info  # after building: ad-hoc hub models know their resolution only now
@@ -170,7 +163,8 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
         versions=package_versions(), git_commit=git_commit(), device=device_description(device),
         wall_time_s=time.perf_counter() - started, extra=extra,
     )
-    run_id = store.save_run(record, zip([ex.id for ex in kept_test], y_true, y_pred), replace=force)
+    run_id = store.save_run(record, zip([ex.id for ex in kept_test], y_true, y_pred),
+                            replace=replace)
     store.save_models([model_record(info)])
     return RunResult(run_id, key, record.metric, record.score, record.ci_low, record.ci_high,
                      record.n_train_used, record.n_test, record.n_skipped,
@@ -181,14 +175,27 @@ def stored_run_is_current(store: ResultsStore, key: RunKey, task: Task,
                           data_root: Path | None = None) -> bool:
     """True when ``key`` is stored and still describes the task's data (its fingerprint
     matches), or is stored and the data is not here to check against."""
-    stored = store.get_run(key)
-    if stored is None:
-        return False
+    return store.has_run(key) and _stored_run_state(store, key, task, data_root)[0]
+
+
+def _stored_run_state(store: ResultsStore, key: RunKey, task: Task, data_root: Path | None,
+                      ignore_stored: bool = False) -> tuple[bool, TaskData | None, str | None]:
+    """(is the stored run current?, the task's data, its fingerprint).
+
+    A stored run is current while its data fingerprint matches the task's data; when the data
+    is absent there is nothing to check it against and it is trusted (data is then None).
+    Without a stored run (or with ``ignore_stored``) missing data raises ``TaskDataMissing``.
+    """
+    stored = None if ignore_stored else store.get_run(key)
     try:
-        data = task.load(data_root)
+        data = task.load(data_root)  # raises TaskDataMissing with the download command
     except TaskDataMissing:
-        return True
-    return stored["extra"].get("data_fingerprint") == data_fingerprint(task, data)
+        if stored is not None:
+            return True, None, None
+        raise
+    fingerprint = data_fingerprint(task, data)
+    current = stored is not None and stored["extra"].get("data_fingerprint") == fingerprint
+    return current, data, fingerprint
 
 
 def data_fingerprint(task: Task, data: TaskData) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -271,7 +271,3 @@ class ResultsStore:
             df = pd.read_sql_query(sql, con, params=(source,) if source else ())
         df["extra"] = df["extra"].map(lambda s: json.loads(s) if s else {})
         return df
-
-
-def record_as_dict(record: RunRecord) -> dict:
-    return asdict(record)
