@@ -1,27 +1,149 @@
 """Scores computed from per-example truths and predictions.
 
 Every metric takes ``(y_true, y_pred)`` indexed by test example on axis 0 and returns a float,
-so ``biobench.stats`` can bootstrap any of them by resampling axis 0.
+so ``biobench.stats`` can bootstrap any of them by resampling axis 0. Each metric is registered
+once, with ``@register_metric``, together with its label and its *strata rule*: how a bootstrap
+of it must resample (``bootstrap_strata``).
 
 Class-balanced macro-F1, as used here: the unweighted mean of per-class F1 over the classes
 that have at least one true example in the evaluated sample. A class that is only predicted
-(never true) adds false positives to nothing it is averaged over, but the misses it causes
-lower the recall of the true classes. The same rule applies to the full test set and to every
-bootstrap resample, so a class absent from a resample is neither scored 0 nor a source of
-bias. (The reference implementation instead averages over every integer id up to the largest
+(never true) is not averaged over, but the misses it causes lower the recall of the true
+classes. (The reference implementation instead averages over every integer id up to the largest
 seen, scoring absent ids as 0.)
+
+Because the class set is that of the evaluated sample, a *plain* bootstrap resample that misses
+a class (a class with one test example is missed about 37% of the time) averages over fewer
+classes than the full test set: a missed class that was predicted wrongly takes its zero F1
+out of the average, so plain replicates are biased upwards and the interval can exclude the
+estimate. Macro-F1 therefore registers the strata rule ``within_true_class``: a bootstrap
+resamples within each true class, so every replicate has the test set's classes in the test
+set's numbers (see ``biobench.stats``). FishNet's per-trait macro-F1 stratifies on rare trait
+values only (``within_rare_trait_values``); metrics that are not class averages (accuracy,
+BioBench's FungiCLEF score) resample plainly.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
+# y_true -> one stratum value per test example, or None for plain resampling
+StrataRule = Callable[[np.ndarray], "np.ndarray | None"]
 
 
+# ---- strata rules: how a bootstrap of a metric resamples ------------------------------------
+def within_true_class(y_true: np.ndarray) -> np.ndarray:
+    """Strata for a single-label class-balanced metric: each example's true class."""
+    y_true = np.asarray(y_true)
+    if y_true.ndim != 1:
+        raise ValueError(f"stratifying by true class needs one label per example; got y_true "
+                         f"of shape {y_true.shape} (a multi-label metric needs its own rule)")
+    return y_true
+
+
+# A trait value with at least this many test examples is missing from a plain resample with
+# probability about e^-10 = 5e-5, so it needs no stratum of its own.
+RARE_TRAIT_VALUE_COUNT = 10
+
+
+def within_rare_trait_values(y_true: np.ndarray) -> np.ndarray | None:
+    """Strata for a per-trait class-balanced metric of (n, traits) labels, e.g. FishNet's.
+
+    Fixing every trait's class counts would mean stratifying by the row's whole label pattern,
+    and with nine traits most patterns are unique, so most rows would never vary. Only a trait
+    value with fewer than ``RARE_TRAIT_VALUE_COUNT`` test examples can drop out of a resample
+    (and take its F1 out of that trait's average), so the strata are the rows' values on those
+    rare trait values only: every rare value keeps its count in every replicate, and the rows
+    that carry no rare value form one stratum resampled plainly. None when no value is rare.
+    """
+    y_true = np.asarray(y_true)
+    if y_true.ndim != 2:
+        raise ValueError(f"per-trait strata need (n, traits) labels; got shape {y_true.shape}")
+    key = np.zeros(y_true.shape, dtype=np.int64)  # 0 = a common value, k + 1 = rare value k
+    for t in range(y_true.shape[1]):
+        _, codes, counts = np.unique(y_true[:, t], return_inverse=True, return_counts=True)
+        rare = counts[codes] < RARE_TRAIT_VALUE_COUNT
+        key[rare, t] = codes[rare] + 1
+    if not key.any():
+        return None
+    return np.unique(key, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+# ---- the registry: one entry per metric, with everything known about it ---------------------
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: MetricFn
+    label: str  # for tables and plots
+    strata_rule: StrataRule | None  # None: a bootstrap resamples test examples plainly
+
+    def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        return self.fn(y_true, y_pred)
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, label: str | None = None, *,
+                    strata: StrataRule | None = None) -> Callable[[MetricFn], MetricFn]:
+    """Register a metric under ``name``. ``strata`` maps y_true to the strata its bootstrap
+    resamples within: ``within_true_class`` for a class-balanced single-label metric (a class
+    average whose class set must not change between replicates), None for plain resampling."""
+    def wrap(fn: MetricFn) -> MetricFn:
+        if name in METRICS and METRICS[name].fn is not fn:
+            raise ValueError(f"metric name '{name}' registered twice (by "
+                             f"{METRICS[name].fn.__module__} and {fn.__module__}); rename one")
+        METRICS[name] = Metric(name, fn, label or name, strata)
+        return fn
+
+    return wrap
+
+
+def metric_spec(name: str) -> Metric:
+    if name not in METRICS:
+        raise KeyError(f"Unknown metric '{name}'. Valid metrics: {', '.join(sorted(METRICS))}")
+    return METRICS[name]
+
+
+def get_metric(name: str) -> MetricFn:
+    return metric_spec(name).fn
+
+
+def metric_label(name: str) -> str:
+    """The metric's label, or its name when it is not registered (e.g. an old stored run)."""
+    return METRICS[name].label if name in METRICS else name
+
+
+class _LabelView(Mapping):
+    """Read-only ``name -> label`` view of the registry (labels live in ``METRICS`` only)."""
+
+    def __getitem__(self, name: str) -> str:
+        return METRICS[name].label
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METRICS)
+
+    def __len__(self) -> int:
+        return len(METRICS)
+
+
+METRIC_LABELS: Mapping[str, str] = _LabelView()
+
+
+def bootstrap_strata(metric_name: str, y_true: np.ndarray) -> np.ndarray | None:
+    """The strata a bootstrap of ``metric_name`` resamples within, one value per example of
+    ``y_true``, or None for plain resampling (see ``biobench.stats``)."""
+    rule = metric_spec(metric_name).strata_rule
+    return None if rule is None else rule(np.asarray(y_true))
+
+
+# ---- single-label metrics --------------------------------------------------------------------
 def _encode(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+
     """Map labels of any dtype onto 0..K-1 over the union of both arrays."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -48,6 +170,7 @@ def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     return out
 
 
+@register_metric("macro_f1", "macro-F1", strata=within_true_class)
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Class-balanced macro-F1 over the classes present in ``y_true`` (see module docstring)."""
     t, p, k = _encode(y_true, y_pred)
@@ -62,7 +185,9 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1.mean())
 
 
+@register_metric("accuracy", "accuracy")
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The share of test examples predicted right (multi-label: every label right)."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
@@ -74,44 +199,16 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(y_true == y_pred))
 
 
-# ---- registry: tasks name their metric; task-specific metrics register here too --------------
-METRICS: dict[str, MetricFn] = {
-    "macro_f1": macro_f1,
-    "accuracy": accuracy,
-}
-
-METRIC_LABELS: dict[str, str] = {
-    "macro_f1": "macro-F1",
-    "accuracy": "accuracy",
-}
-
-
-def register_metric(name: str, label: str | None = None) -> Callable[[MetricFn], MetricFn]:
-    def wrap(fn: MetricFn) -> MetricFn:
-        METRICS[name] = fn
-        METRIC_LABELS[name] = label or name
-        return fn
-
-    return wrap
-
-
-def get_metric(name: str) -> MetricFn:
-    if name not in METRICS:
-        raise KeyError(f"Unknown metric '{name}'. Valid metrics: {', '.join(sorted(METRICS))}")
-    return METRICS[name]
-
-
 # ---- task-specific metrics of the BioBench tasks -----------------------------------------------
-
-
-@register_metric("fishnet_macro_f1", "mean per-trait macro-F1")
+@register_metric("fishnet_macro_f1", "mean per-trait macro-F1", strata=within_rare_trait_values)
 def fishnet_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """FishNet: the mean over traits of each trait's two-class (present/absent) macro-F1.
 
     ``y_true`` and ``y_pred`` are (n_images, n_traits) arrays of 0/1. Each trait column is scored
     with ``macro_f1`` (the mean of the present-F1 and the absent-F1, over the classes that occur
     in the truth), then the traits are averaged with equal weight. A row holds every trait of one
-    image, so a bootstrap that resamples rows resamples all traits together.
+    image, so a bootstrap that resamples rows resamples all traits together; it stratifies on
+    rare trait values only (``within_rare_trait_values``).
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -123,26 +220,83 @@ def fishnet_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean([macro_f1(y_true[:, t], y_pred[:, t]) for t in range(y_true.shape[1])]))
 
 
-# FungiCLEF 2023 costs: classification error (CE) and poisonous/edible confusion (PSC).
+# FungiCLEF 2023. Rows are observations: [class id (-1 = unknown species), poisonous 0/1]. The
+# challenge scores four tracks (its evaluation script, BohemianVRA/FGVC-Competitions):
+#   Track 1  classification error CE: every wrong class id costs 1 (unknown is one more class)
+#   Track 2  poisonous/edible confusion PSC: 100 for a poisonous species called anything not
+#            poisonous, 1 for anything not poisonous called a poisonous species
+#   Track 3  the user-focused loss: Track 1 CE + PSC
+#   Track 4  CE with special costs for the unknown class: 10 for an unknown species called a
+#            known one, 0.1 for a known species called unknown, 1 for a wrong known species
+# BioBench's reference scores FungiCLEF with Track 4 CE + PSC, normalised by its worst value;
+# this project keeps that number as the task's metric (comparable with the published
+# leaderboard) under a name that says so, and stores the four official losses with each run.
 FUNGICLEF_UNKNOWN = -1
-FUNGICLEF_COSTS = {
-    "wrong_known": 1.0,  # a known species predicted as another known species
-    "unknown_as_known": 10.0,  # an unknown species predicted as a known one
-    "known_as_unknown": 0.1,  # a known species predicted as unknown
-    "poisonous_as_edible": 100.0,  # a poisonous species predicted as anything not poisonous
-    "edible_as_poisonous": 1.0,  # anything not poisonous predicted as a poisonous species
-}
+FUNGICLEF_TRACK1_CE_COSTS = {"wrong_known": 1.0, "unknown_as_known": 1.0, "known_as_unknown": 1.0}
+FUNGICLEF_TRACK4_CE_COSTS = {"wrong_known": 1.0, "unknown_as_known": 10.0, "known_as_unknown": 0.1}
+FUNGICLEF_PSC_COSTS = {"poisonous_as_edible": 100.0, "edible_as_poisonous": 1.0}
 
 
-def fungiclef_costs(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """The parts of the FungiCLEF 2023 user-focused score, per observation.
+def _fungiclef_arrays(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2 or y_true.shape[1] != 2:
+        raise ValueError("fungiclef metrics need two (n, 2) arrays of [class id, poisonous]; "
+                         f"got {y_true.shape} and {y_pred.shape}")
+    return y_true, y_pred
 
-    Rows are observations. Column 0 is the class id (``-1`` = unknown species), column 1 is 1
-    when that class is on the poison list, else 0 (so unknown counts as "not poisonous", as in
-    the challenge's evaluation). With n observations:
 
-    - CE  = (wrong_known + 10 unknown_as_known + 0.1 known_as_unknown) / n
-    - PSC = (100 poisonous_as_edible + 1 edible_as_poisonous) / n
+def fungiclef_classification_error(y_true: np.ndarray, y_pred: np.ndarray,
+                                   costs: Mapping[str, float]) -> float:
+    """Mean cost per observation of wrong class ids: Track 1 with
+    ``FUNGICLEF_TRACK1_CE_COSTS``, Track 4 with ``FUNGICLEF_TRACK4_CE_COSTS``."""
+    y_true, y_pred = _fungiclef_arrays(y_true, y_pred)
+    if len(y_true) == 0:
+        return float("nan")
+    t_cls, p_cls = y_true[:, 0], y_pred[:, 0]
+    t_known, p_known = t_cls != FUNGICLEF_UNKNOWN, p_cls != FUNGICLEF_UNKNOWN
+    total = (costs["wrong_known"] * np.sum(t_known & p_known & (t_cls != p_cls))
+             + costs["unknown_as_known"] * np.sum(~t_known & p_known)
+             + costs["known_as_unknown"] * np.sum(t_known & ~p_known))
+    return float(total / len(y_true))
+
+
+def fungiclef_poison_confusion_cost(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Track 2's PSC: (100 poisonous_as_edible + 1 edible_as_poisonous) / n. "Unknown" is not on
+    the poison list, so a poisonous species called unknown costs 100, as in the challenge."""
+    y_true, y_pred = _fungiclef_arrays(y_true, y_pred)
+    if len(y_true) == 0:
+        return float("nan")
+    t_poison, p_poison = y_true[:, 1].astype(bool), y_pred[:, 1].astype(bool)
+    c = FUNGICLEF_PSC_COSTS
+    total = (c["poisonous_as_edible"] * np.sum(t_poison & ~p_poison)
+             + c["edible_as_poisonous"] * np.sum(~t_poison & p_poison))
+    return float(total / len(y_true))
+
+
+def fungiclef_official_losses(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """The FungiCLEF 2023 challenge's four losses (lower is better; 0 is perfect)."""
+    ce_track1 = fungiclef_classification_error(y_true, y_pred, FUNGICLEF_TRACK1_CE_COSTS)
+    psc = fungiclef_poison_confusion_cost(y_true, y_pred)
+    return {
+        "track1_classification_error": ce_track1,
+        "track2_poison_confusion_cost": psc,
+        "track3_user_focused_loss": ce_track1 + psc,
+        "track4_unknown_cost_error": fungiclef_classification_error(
+            y_true, y_pred, FUNGICLEF_TRACK4_CE_COSTS),
+    }
+
+
+def fungiclef_reference_costs(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """The parts of BioBench's FungiCLEF score (the reference implementation's number).
+
+    With n observations (column 1 of a row is 1 when its class is on the poison list; unknown
+    counts as not poisonous, as in the challenge's evaluation):
+
+    - CE  = the challenge's *Track 4* CE: (wrong_known + 10 unknown_as_known + 0.1
+      known_as_unknown) / n. (The challenge's Track 3 user-focused loss uses Track 1's CE,
+      where every error costs 1; see ``fungiclef_official_losses``.)
+    - PSC = Track 2's (100 poisonous_as_edible + 1 edible_as_poisonous) / n
     - worst_CE and worst_PSC are the largest values each can take for this ``y_true``. Each
       term is maximised on its own: a known truth costs at most 1 (predicting another known
       species, versus 0.1 for "unknown") and an unknown truth at most 10, so
@@ -154,33 +308,30 @@ def fungiclef_costs(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
       is 0 at the worst and 1 when every prediction is right.
     - score = 1 - (CE + PSC) / (worst_CE + worst_PSC)
     """
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    if y_true.shape != y_pred.shape or y_true.ndim != 2 or y_true.shape[1] != 2:
-        raise ValueError("fungiclef metrics need two (n, 2) arrays of [class id, poisonous]; "
-                         f"got {y_true.shape} and {y_pred.shape}")
+    y_true, y_pred = _fungiclef_arrays(y_true, y_pred)
     n = len(y_true)
     if n == 0:
         nan = float("nan")
         return {"ce": nan, "psc": nan, "worst_ce": nan, "worst_psc": nan, "score": nan}
-    t_cls, t_poison = y_true[:, 0], y_true[:, 1].astype(bool)
-    p_cls, p_poison = y_pred[:, 0], y_pred[:, 1].astype(bool)
-    t_known, p_known = t_cls != FUNGICLEF_UNKNOWN, p_cls != FUNGICLEF_UNKNOWN
-    c = FUNGICLEF_COSTS
-    ce = (c["wrong_known"] * np.sum(t_known & p_known & (t_cls != p_cls))
-          + c["unknown_as_known"] * np.sum(~t_known & p_known)
-          + c["known_as_unknown"] * np.sum(t_known & ~p_known)) / n
-    psc = (c["poisonous_as_edible"] * np.sum(t_poison & ~p_poison)
-           + c["edible_as_poisonous"] * np.sum(~t_poison & p_poison)) / n
-    worst_ce = (c["wrong_known"] * np.sum(t_known) + c["unknown_as_known"] * np.sum(~t_known)) / n
-    worst_psc = (c["poisonous_as_edible"] * np.sum(t_poison)
-                 + c["edible_as_poisonous"] * np.sum(~t_poison)) / n
+    ce = fungiclef_classification_error(y_true, y_pred, FUNGICLEF_TRACK4_CE_COSTS)
+    psc = fungiclef_poison_confusion_cost(y_true, y_pred)
+    # the worst prediction: every truth gets its costliest wrong class id and poison flag
+    t_known, t_poison = y_true[:, 0] != FUNGICLEF_UNKNOWN, y_true[:, 1].astype(bool)
+    ce_cost, psc_cost = FUNGICLEF_TRACK4_CE_COSTS, FUNGICLEF_PSC_COSTS
+    worst_ce = (ce_cost["wrong_known"] * np.sum(t_known)
+                + ce_cost["unknown_as_known"] * np.sum(~t_known)) / n
+    worst_psc = (psc_cost["poisonous_as_edible"] * np.sum(t_poison)
+                 + psc_cost["edible_as_poisonous"] * np.sum(~t_poison)) / n
     score = 1.0 - (ce + psc) / (worst_ce + worst_psc)
-    return {"ce": float(ce), "psc": float(psc), "worst_ce": float(worst_ce),
-            "worst_psc": float(worst_psc), "score": float(score)}
+    return {"ce": ce, "psc": psc, "worst_ce": float(worst_ce), "worst_psc": float(worst_psc),
+            "score": float(score)}
 
 
-@register_metric("fungiclef_score", "FungiCLEF user-focused score")
-def fungiclef_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """1 - (CE + PSC) / (worst_CE + worst_PSC); see ``fungiclef_costs``. 1 is perfect."""
-    return fungiclef_costs(y_true, y_pred)["score"]
+@register_metric("fungiclef_reference_score", "BioBench's FungiCLEF score (Track 4 CE costs)")
+def fungiclef_reference_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """BioBench's FungiCLEF score: 1 - (Track 4 CE + PSC) / its worst value; 1 is perfect.
+
+    Not the challenge's Track 3 user-focused loss, which charges every class error 1 (see
+    ``fungiclef_reference_costs`` and ``fungiclef_official_losses``).
+    """
+    return fungiclef_reference_costs(y_true, y_pred)["score"]

@@ -5,6 +5,27 @@ resample per replicate, and the same resample indices serve every model that is 
 task (a paired bootstrap: all models share one test set). The classifier is not refitted: the
 interval reflects test-set sampling only, which is what the scores' uncertainty is about when the
 training set is fixed.
+
+**Stratified resampling for class-balanced metrics.** Every function takes ``strata``: one value
+per test example (``None``: plain resampling). With strata, each replicate draws, within each
+stratum, as many examples as that stratum has, with replacement. The metric registry says which
+metrics stratify (``biobench.metrics.bootstrap_strata``): macro-F1 stratifies by true class.
+Why: macro-F1 averages per-class F1 over the classes that occur in the evaluated sample. A plain
+resample misses a class with one test example about e^-1 = 37% of the time, and a missed
+singleton class whose example was predicted wrongly leaves the average together with its zero
+F1, so plain replicates are biased upwards; with many such classes the whole percentile interval
+can lie above the full-test-set score (``y_true = [0]*5 + [1]*5 + [2..11]``, the ten singletons
+all missed: estimate 0.167, plain interval about [0.18, 0.33]). Resampling within true classes
+keeps every class and its size in every replicate, so each replicate averages over exactly the
+classes, with exactly the weights, of the full test set. The interval is then *conditional on
+the test set's class composition*: it covers the variation from drawing other examples of the
+same classes in the same numbers, not from drawing another class mix. A class with a single test
+example always contributes that example: its recall is fixed, its precision still varies with
+the false positives of the other classes. FishNet's per-trait macro-F1 stratifies on rare trait
+values only (see ``biobench.metrics.within_rare_trait_values``). Metrics that are not class
+averages (accuracy, BioBench's FungiCLEF score) resample plainly. Within a stratum the draws
+depend only on ``seed`` and the strata (which come from ``y_true`` alone), so every model
+compared on a task gets the same indices.
 """
 
 from __future__ import annotations
@@ -18,22 +39,42 @@ from statsmodels.stats.multitest import multipletests
 ScoreFn = Callable[[np.ndarray, np.ndarray], float]
 
 
-def resample_indices(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
-    """(n_bootstrap, n) indices drawn with replacement; one row per replicate."""
+def resample_indices(n: int, n_bootstrap: int, seed: int, strata=None) -> np.ndarray:
+    """(n_bootstrap, n) indices drawn with replacement; one row per replicate.
+
+    With ``strata`` (one value per example), column j of every row is drawn from the examples of
+    example j's stratum, so each replicate holds exactly as many examples of each stratum as the
+    test set. Without, every column is drawn from all n examples.
+    """
     if n == 0:
         raise ValueError("cannot bootstrap an empty test set")
-    return np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return rng.integers(0, n, size=(n_bootstrap, n))
+    strata = np.asarray(strata)
+    if strata.shape != (n,):
+        raise ValueError(f"strata must hold one value per test example, shape ({n},); got "
+                         f"{strata.shape}. Pass the task's bootstrap_strata(y_true).")
+    _, stratum_of, sizes = np.unique(strata, return_inverse=True, return_counts=True)
+    members = np.argsort(stratum_of, kind="stable")  # examples grouped by stratum, in order
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # where each stratum starts in members
+    positions = rng.integers(0, sizes[stratum_of], size=(n_bootstrap, n))
+    positions += first[stratum_of]  # in place: this array can be large (ImageNet: 50k x 1000)
+    return members[positions]
 
 
 def bootstrap_replicates(score_fn: ScoreFn, y_true, predictions: Sequence, *,
-                         n_bootstrap: int = 1000, seed: int = 0) -> np.ndarray:
-    """Replicate scores, shape (n_models, n_bootstrap), on shared resamples (paired)."""
+                         n_bootstrap: int = 1000, seed: int = 0, strata=None) -> np.ndarray:
+    """Replicate scores, shape (n_models, n_bootstrap), on shared resamples (paired).
+
+    ``strata``: one value per test example to resample within (see the module docstring), or
+    None for plain resampling."""
     y_true = np.asarray(y_true)
     preds = [np.asarray(p) for p in predictions]
     for p in preds:
         if p.shape != y_true.shape:
             raise ValueError(f"predictions of shape {p.shape} do not match y_true {y_true.shape}")
-    idx = resample_indices(len(y_true), n_bootstrap, seed)
+    idx = resample_indices(len(y_true), n_bootstrap, seed, strata)
     out = np.empty((len(preds), n_bootstrap))
     for b, rows in enumerate(idx):
         t = y_true[rows]
@@ -62,10 +103,11 @@ def percentile_interval(estimate: float, replicates: np.ndarray, level: float = 
 
 
 def bootstrap_ci(score_fn: ScoreFn, y_true, y_pred, *, n_bootstrap: int = 1000,
-                 level: float = 0.95, seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of ``score_fn`` over test examples."""
+                 level: float = 0.95, seed: int = 0, strata=None) -> Interval:
+    """Percentile bootstrap interval of ``score_fn`` over test examples (within ``strata``)."""
     estimate = score_fn(np.asarray(y_true), np.asarray(y_pred))
-    reps = bootstrap_replicates(score_fn, y_true, [y_pred], n_bootstrap=n_bootstrap, seed=seed)[0]
+    reps = bootstrap_replicates(score_fn, y_true, [y_pred], n_bootstrap=n_bootstrap, seed=seed,
+                                strata=strata)[0]
     return percentile_interval(estimate, reps, level)
 
 
@@ -78,7 +120,7 @@ class PairedComparison:
 
 
 def paired_bootstrap(score_fn: ScoreFn, y_true, pred_a, pred_b, *, n_bootstrap: int = 1000,
-                     level: float = 0.95, seed: int = 0) -> PairedComparison:
+                     level: float = 0.95, seed: int = 0, strata=None) -> PairedComparison:
     """Paired bootstrap of score(a) - score(b) on the same test examples.
 
     The two-sided p-value inverts the percentile interval of the difference: twice the smaller
@@ -86,7 +128,8 @@ def paired_bootstrap(score_fn: ScoreFn, y_true, pred_a, pred_b, *, n_bootstrap: 
     keeps a bootstrap p-value above zero).
     """
     y_true = np.asarray(y_true)
-    reps = bootstrap_replicates(score_fn, y_true, [pred_a, pred_b], n_bootstrap=n_bootstrap, seed=seed)
+    reps = bootstrap_replicates(score_fn, y_true, [pred_a, pred_b], n_bootstrap=n_bootstrap,
+                                seed=seed, strata=strata)
     diff = reps[0] - reps[1]
     d_hat = score_fn(y_true, np.asarray(pred_a)) - score_fn(y_true, np.asarray(pred_b))
     tail = min(np.sum(diff <= 0), np.sum(diff >= 0))
@@ -112,7 +155,8 @@ class BestAndTies:
 
 
 def best_and_ties(score_fn: ScoreFn, y_true, predictions: dict[str, np.ndarray], *,
-                  n_bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0) -> BestAndTies:
+                  n_bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,
+                  strata=None) -> BestAndTies:
     """The best model by point estimate, and every model not significantly worse than it.
 
     For each other model m, a one-sided paired bootstrap p-value of "best is not better than
@@ -125,7 +169,7 @@ def best_and_ties(score_fn: ScoreFn, y_true, predictions: dict[str, np.ndarray],
     best = max(names, key=lambda m: (estimates[m], -names.index(m)))
     others = [m for m in names if m != best]
     reps = bootstrap_replicates(score_fn, y_true, [predictions[m] for m in [best, *others]],
-                                n_bootstrap=n_bootstrap, seed=seed)
+                                n_bootstrap=n_bootstrap, seed=seed, strata=strata)
     p = {m: float((np.sum(reps[i + 1] >= reps[0]) + 1) / (n_bootstrap + 1))
          for i, m in enumerate(others)}
     reject, adjusted = holm([p[m] for m in others], alpha)

@@ -1,10 +1,13 @@
-"""macro-F1 and accuracy against hand-computed values and scikit-learn."""
+"""macro-F1 and accuracy against hand-computed values and scikit-learn; the metric registry."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from biobench.metrics import accuracy, macro_f1, per_class_f1
+from biobench import metrics
+from biobench.metrics import (METRIC_LABELS, METRICS, accuracy, bootstrap_strata, get_metric,
+                              macro_f1, metric_label, per_class_f1, register_metric,
+                              within_true_class)
 
 
 def test_macro_f1_hand_computed():
@@ -51,3 +54,47 @@ def test_accuracy_and_shape_check():
     assert accuracy(np.array([[1, 0], [1, 1]]), np.array([[1, 0], [0, 1]])) == 0.5
     with pytest.raises(ValueError, match="shape"):
         macro_f1(np.array([1, 2]), np.array([1]))
+
+
+# ---- the registry: label and strata rule live with the registration -------------------------
+def test_builtin_metrics_carry_their_label_and_strata_rule():
+    assert get_metric("macro_f1") is macro_f1 and get_metric("accuracy") is accuracy
+    assert METRIC_LABELS["macro_f1"] == "macro-F1" and METRIC_LABELS["accuracy"] == "accuracy"
+    y = np.array([2, 0, 2, 1])
+    # macro-F1 is a class average: resample within true classes; accuracy resamples plainly
+    assert np.array_equal(bootstrap_strata("macro_f1", y), y)
+    assert bootstrap_strata("accuracy", y) is None
+    # the registry entry is the metric: calling it scores
+    assert METRICS["macro_f1"](y, y) == 1.0
+
+
+def test_registering_a_metric_makes_label_and_strata_visible(monkeypatch):
+    monkeypatch.setattr(metrics, "METRICS", dict(metrics.METRICS))  # leave the real one alone
+
+    @register_metric("toy_recall", "toy recall", strata=within_true_class)
+    def toy_recall(y_true, y_pred):
+        return float(np.mean(y_true == y_pred))
+
+    assert get_metric("toy_recall") is toy_recall
+    # the label view reads the one registry: no second dict to keep in step
+    assert METRIC_LABELS["toy_recall"] == "toy recall" and "toy_recall" in METRIC_LABELS
+    assert metric_label("toy_recall") == "toy recall"
+    assert np.array_equal(bootstrap_strata("toy_recall", np.array([1, 1, 0])), [1, 1, 0])
+    with pytest.raises(ValueError, match="registered twice"):
+        register_metric("toy_recall")(lambda t, p: 0.0)
+    register_metric("toy_recall", "toy recall", strata=within_true_class)(toy_recall)  # idempotent
+
+
+def test_unknown_metric_names_the_valid_ones():
+    with pytest.raises(KeyError, match="Valid metrics: .*macro_f1"):
+        get_metric("f1_macro")
+    with pytest.raises(KeyError, match="Unknown metric 'f1_macro'"):
+        bootstrap_strata("f1_macro", np.array([0, 1]))
+    # labels of names no longer registered (old stored runs) fall back to the name
+    assert metric_label("f1_macro") == "f1_macro"
+    assert METRIC_LABELS.get("f1_macro", "f1_macro") == "f1_macro"
+
+
+def test_stratifying_by_true_class_needs_one_label_per_example():
+    with pytest.raises(ValueError, match="one label per example"):
+        bootstrap_strata("macro_f1", np.zeros((4, 2), int))

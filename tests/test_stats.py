@@ -1,9 +1,9 @@
-"""Bootstrap intervals, paired comparisons and Holm's correction."""
+"""Bootstrap intervals, stratified resampling, paired comparisons and Holm's correction."""
 
 import numpy as np
 import pytest
 
-from biobench.metrics import accuracy, macro_f1
+from biobench.metrics import accuracy, bootstrap_strata, macro_f1
 from biobench.stats import (
     best_and_ties, bootstrap_ci, bootstrap_replicates, holm, paired_bootstrap, resample_indices,
 )
@@ -37,12 +37,140 @@ def test_macro_f1_interval_contains_estimate_on_imbalanced_classes():
     rng = np.random.default_rng(1)
     y_true = rng.choice(8, size=300, p=[0.4, 0.2, 0.1, 0.1, 0.08, 0.06, 0.04, 0.02])
     y_pred = np.where(rng.random(300) < 0.7, y_true, rng.integers(0, 8, 300))
-    iv = bootstrap_ci(macro_f1, y_true, y_pred, n_bootstrap=500, seed=0)
+    strata = bootstrap_strata("macro_f1", y_true)
+    iv = bootstrap_ci(macro_f1, y_true, y_pred, n_bootstrap=500, seed=0, strata=strata)
     assert iv.low < iv.estimate < iv.high
-    # unbiased resampling: replicate mean stays close to the estimate (the reference's
-    # absent-class-as-zero rule drags it down)
-    reps = bootstrap_replicates(macro_f1, y_true, [y_pred], n_bootstrap=500, seed=0)[0]
+    # every replicate averages over the same eight classes: the replicate mean stays close to
+    # the estimate (the reference's absent-class-as-zero rule drags it down)
+    reps = bootstrap_replicates(macro_f1, y_true, [y_pred], n_bootstrap=500, seed=0,
+                                strata=strata)[0]
     assert abs(reps.mean() - iv.estimate) < 0.02
+
+
+# ---- stratified resampling -------------------------------------------------------------------
+# ten singleton classes, all missed: a plain resample drops some of them (and their zero F1)
+MINIMAL_TRUE = np.array([0] * 5 + [1] * 5 + list(range(2, 12)))
+MINIMAL_PRED = np.array([0] * 5 + [1] * 5 + [99] * 10)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plain_resampling_puts_the_minimal_case_outside_its_interval(seed):
+    """Why macro-F1 stratifies: the plain interval lies above its own estimate."""
+    iv = bootstrap_ci(macro_f1, MINIMAL_TRUE, MINIMAL_PRED, n_bootstrap=1000, seed=seed)
+    assert iv.estimate == pytest.approx(2 / 12)  # two perfect classes, ten zeros
+    assert iv.low > iv.estimate
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stratified_interval_of_the_minimal_case_is_its_estimate(seed):
+    # every replicate has classes 0 and 1 all right and the ten singletons all wrong
+    strata = bootstrap_strata("macro_f1", MINIMAL_TRUE)
+    iv = bootstrap_ci(macro_f1, MINIMAL_TRUE, MINIMAL_PRED, n_bootstrap=1000, seed=seed,
+                      strata=strata)
+    assert iv.low == iv.estimate == iv.high == pytest.approx(2 / 12)
+
+
+def random_case(rng):
+    """Random class sizes (about half the classes singletons) and a random error pattern."""
+    n_classes = int(rng.integers(1, 40))
+    sizes = np.where(rng.random(n_classes) < 0.5, 1, rng.integers(1, 30, n_classes))
+    y_true = np.repeat(np.arange(n_classes), sizes)
+    rng.shuffle(y_true)
+    error_rate = rng.random()
+    wrong = [rng.integers(0, n_classes + 5, len(y_true)),  # other true or only-predicted classes
+             (y_true + 1) % n_classes,  # systematic confusion with the next class
+             np.full(len(y_true), n_classes + 7)][int(rng.integers(3))]  # one junk class
+    y_pred = np.where(rng.random(len(y_true)) < error_rate, wrong, y_true)
+    return y_true, y_pred
+
+
+@pytest.mark.parametrize("case_seed", range(4))
+def test_estimate_lies_inside_its_interval_for_macro_f1_and_accuracy(case_seed):
+    """Property: low <= estimate <= high over many random cases and bootstrap seeds, for
+    macro-F1 resampled within the task's strata and for accuracy resampled plainly."""
+    rng = np.random.default_rng(case_seed)
+    cases = [random_case(rng) for _ in range(40)] + [(MINIMAL_TRUE, MINIMAL_PRED)]
+    for y_true, y_pred in cases:
+        for seed in range(3):
+            for metric, name in ((macro_f1, "macro_f1"), (accuracy, "accuracy")):
+                strata = bootstrap_strata(name, y_true)
+                iv = bootstrap_ci(metric, y_true, y_pred, n_bootstrap=200, seed=seed,
+                                  strata=strata)
+                assert iv.low <= iv.estimate <= iv.high, (name, y_true.tolist(),
+                                                          y_pred.tolist(), seed, iv)
+    assert bootstrap_strata("accuracy", MINIMAL_TRUE) is None  # accuracy is not a class mean
+
+
+def test_within_stratum_resampling_keeps_every_class_count():
+    rng = np.random.default_rng(5)
+    strata = rng.choice([3, 7, 7, 7, 11, 20], size=53)
+    idx = resample_indices(len(strata), 300, seed=2, strata=strata)
+    assert idx.shape == (300, 53)
+    # position j always holds an example of j's own class, so every class keeps its count
+    assert (strata[idx] == strata[None, :]).all()
+    _, counts = np.unique(strata, return_counts=True)
+    for row in idx:
+        assert np.array_equal(np.unique(strata[row], return_counts=True)[1], counts)
+
+
+def test_within_stratum_draws_are_uniform_with_replacement():
+    strata = np.array([0] * 4 + [1] * 1 + [2] * 2)
+    idx = resample_indices(7, 20000, seed=0, strata=strata)
+    # each of the four class-0 examples fills each class-0 slot a quarter of the time
+    np.testing.assert_allclose(np.bincount(idx[:, :4].ravel(), minlength=7)[:4] / 80000,
+                               0.25, atol=0.01)
+    assert (idx[:, 4] == 4).all()  # a singleton is always itself
+    assert (idx[:, :4] == idx[:, :4][:, :1]).all(axis=1).mean() == pytest.approx(4 / 4 ** 4,
+                                                                                 abs=0.005)
+
+
+def test_stratified_indices_are_deterministic_and_shared_by_all_models():
+    strata = np.array(["b", "a", "b", "c", "a", "b"])
+    a = resample_indices(6, 50, seed=9, strata=strata)
+    assert np.array_equal(a, resample_indices(6, 50, seed=9, strata=strata))
+    assert not np.array_equal(a, resample_indices(6, 50, seed=10, strata=strata))
+    # the replicates of two models are scored on exactly these resamples
+    y_true = np.array([1, 0, 1, 2, 0, 1])
+    preds = [np.array([1, 0, 0, 2, 0, 1]), np.array([0, 0, 1, 2, 1, 1])]
+    reps = bootstrap_replicates(accuracy, y_true, preds, n_bootstrap=50, seed=9, strata=strata)
+    for m, p in enumerate(preds):
+        np.testing.assert_allclose(reps[m], [(y_true[r] == p[r]).mean() for r in a])
+
+
+def test_plain_indices_are_the_generators_draws():
+    # strata=None keeps the plain bootstrap's draws (stored runs and published pages rely on it)
+    expected = np.random.default_rng(4).integers(0, 9, size=(30, 9))
+    assert np.array_equal(resample_indices(9, 30, 4), expected)
+    assert np.array_equal(resample_indices(9, 30, 4, strata=None), expected)
+
+
+def test_strata_must_match_the_test_set():
+    with pytest.raises(ValueError, match="one value per test example"):
+        resample_indices(5, 10, 0, strata=np.zeros(4))
+    with pytest.raises(ValueError, match="one value per test example"):
+        bootstrap_ci(accuracy, np.zeros(5), np.zeros(5), strata=np.zeros((5, 2)))
+
+
+def test_stratified_accuracy_variance_matches_the_binomial_formula():
+    """Within class c (n_c examples, share p_c right) the replicate's correct count is
+    Binomial(n_c, p_c), independent across classes, so the replicate accuracy has variance
+    sum_c n_c p_c (1 - p_c) / n^2 -- smaller than the plain n p (1 - p) / n^2."""
+    rng = np.random.default_rng(6)
+    y_true = rng.choice(4, size=200, p=[0.5, 0.3, 0.15, 0.05])
+    right_share = np.array([0.95, 0.7, 0.4, 0.1])
+    y_pred = np.where(rng.random(200) < right_share[y_true], y_true, 9)
+    reps = bootstrap_replicates(accuracy, y_true, [y_pred], n_bootstrap=4000, seed=0,
+                                strata=y_true)[0]
+    n = len(y_true)
+    expected = 0.0
+    for c in range(4):
+        members = y_true == c
+        p_c = np.mean(y_pred[members] == c)
+        expected += members.sum() * p_c * (1 - p_c) / n ** 2
+    assert reps.mean() == pytest.approx(accuracy(y_true, y_pred), abs=0.002)
+    assert reps.var() == pytest.approx(expected, rel=0.08)
+    acc = accuracy(y_true, y_pred)
+    assert expected < acc * (1 - acc) / n
 
 
 def test_same_seed_same_interval():
@@ -111,3 +239,22 @@ def test_best_and_ties():
     assert result.best == "strong"
     assert set(result.ties) == {"strong", "twin"}
     assert result.p_values["weak"] < 0.01
+
+
+def test_paired_bootstrap_and_ties_resample_within_the_strata():
+    """Both comparisons score every model on the stratified resamples: replayed by hand."""
+    rng = np.random.default_rng(7)
+    n = 120
+    y_true = rng.integers(0, 6, n)
+    a = np.where(rng.random(n) < 0.8, y_true, (y_true + 1) % 6)
+    b = np.where(rng.random(n) < 0.7, y_true, (y_true + 2) % 6)
+    idx = resample_indices(n, 300, seed=3, strata=y_true)
+    diff = np.array([macro_f1(y_true[r], a[r]) - macro_f1(y_true[r], b[r]) for r in idx])
+    cmp = paired_bootstrap(macro_f1, y_true, a, b, n_bootstrap=300, seed=3, strata=y_true)
+    assert (cmp.low, cmp.high) == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])))
+    tail = min(np.sum(diff <= 0), np.sum(diff >= 0))
+    assert cmp.p_value == pytest.approx(min(1.0, 2 * (tail + 1) / 301))
+    ties = best_and_ties(macro_f1, y_true, {"a": a, "b": b}, n_bootstrap=300, seed=3,
+                         strata=y_true)
+    assert ties.best == "a"
+    assert ties.p_values["b"] == pytest.approx((np.sum(diff <= 0) + 1) / 301)
