@@ -55,7 +55,7 @@ def build(book: Path, env: dict, grid: str, log: Path, *, force: bool = False) -
     jupyter_book = str(Path(python).with_name("jupyter-book"))
     steps = [
         ("assets", [python, "-m", "biobench.cli", "assets"]),
-        ("grid", [python, "-m", "biobench.grid", grid] + (["--force"] if force else [])),
+        ("grid", [python, "-m", "biobench", "grid", grid] + (["--force"] if force else [])),
         ("html", [jupyter_book, "build", ".", "-W", "-n", "--keep-going"]),
     ]
     return sum(run_step(name, cmd, book, env, log) for name, cmd in steps)

@@ -44,3 +44,14 @@ def atomic_file(dest: Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` atomically; leave the file (and its mtime, which Sphinx watches) alone
+    when it already holds exactly that text. Returns True when the file was written."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return True

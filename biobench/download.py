@@ -37,6 +37,8 @@ from urllib.request import HTTPRedirectHandler, Request, build_opener
 
 from tqdm import tqdm  # plain bars: tqdm.auto warns on stderr in notebooks without ipywidgets
 
+from biobench.atomic import atomic_file
+
 MARKER_NAME = ".biobench-complete"
 DOWNLOADS_DIR = ".downloads"
 STATE_NAME = "state.json"
@@ -478,10 +480,8 @@ class DownloadState:
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
 
 
 def read_marker(root: Path) -> dict | None:

@@ -1,30 +1,41 @@
 """One evaluation, end to end: model x task -> features -> probe -> score with interval -> store.
 
-``run_evaluation`` is what the CLI, the papermill template and the tests call. A finished run
-(same model, task, protocol, seed and n_train) is read back from the store rather than
-recomputed, unless ``force``. Features come from the on-disk cache when present, so a run that
-was killed resumes where extraction stopped, and the store only ever holds complete runs.
+``run_evaluation`` is what the CLI, the grid, the papermill template and the tests call.
+
+A run's identity is its ``RunKey`` (model, task, protocol, the probe's full hyper-parameters,
+seed, n_train). A stored run with that key is read back instead of recomputed only while it is
+*current*: the version of the scoring code (``code_version``: a hash of the probe, metric,
+statistics and pipeline modules and of the task's own modules) and the fingerprint of the task's
+data (``data_fingerprint``: examples, labels, split, and every image file's size and
+modification time) both match. Anything else, or ``force``, recomputes and replaces it.
+Features come from the on-disk cache when present, so a run that was killed resumes where
+extraction stopped, and the store only ever holds complete runs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from biobench import config
 from biobench.features import extract_features
+from biobench import probes
 from biobench.probes import make_probe
+from biobench.progress import stage
 from biobench.stats import bootstrap_ci
-from biobench.store import ModelRecord, ResultsStore, RunKey, RunRecord
+from biobench.store import ModelRecord, ResultsStore, RunKey, RunRecord, canonical_json
 from biobench.tasks import Task, TaskData, TaskDataMissing, get_task, subsample_train
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "open_clip_torch", "scikit-learn", "numpy",
@@ -77,6 +88,48 @@ def device_description(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+# The modules whose code decides a score, besides the task's own (see ``code_version``).
+SCORING_MODULES = ("biobench.probes", "biobench.metrics", "biobench.stats", "biobench.evaluate")
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(task_class: type) -> str:
+    """A short hash of the code that turns features into a stored score for ``task_class``:
+    the probe, metric, statistics and pipeline modules, and every module along the task's class
+    hierarchy (its ``load``, ``fit_predict`` and metric hooks). Editing any of them makes stored
+    runs of that task stale, so they are recomputed instead of silently served."""
+    files = {inspect.getsourcefile(sys.modules[name]) for name in SCORING_MODULES}
+    for cls in task_class.__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is not None and getattr(module, "__file__", None) and cls.__module__ != "abc":
+            files.add(inspect.getsourcefile(module))
+    h = hashlib.sha256()
+    for file in sorted(f for f in files if f):
+        h.update(Path(file).name.encode())
+        h.update(Path(file).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def build_probe(protocol: str, seed: int, probe_params: Mapping[str, Any] | None = None):
+    """The protocol's probe with the run's seed and any user hyper-parameters."""
+    return make_probe(protocol, random_state=seed, **dict(probe_params or {}))
+
+
+def probe_params_json(protocol: str, seed: int = 0,
+                      probe_params: Mapping[str, Any] | None = None) -> str:
+    """The probe's full hyper-parameters (defaults included, ``random_state`` = the seed) as
+    canonical JSON: the form a run's identity stores."""
+    return canonical_json(probes.probe_params(build_probe(protocol, seed, probe_params)))
+
+
+def run_key(model_name: str, task: Task, protocol: str, seed: int = 0, n_train: int = -1,
+            probe_params: Mapping[str, Any] | None = None) -> RunKey:
+    """The identity of a run: its probe's full hyper-parameters are part of it, so ``knn``
+    with k=5 and k=10 are two runs, and a changed default is a new run."""
+    return RunKey(model_name, task.name, protocol, seed, n_train,
+                  probe_params_json(protocol, seed, probe_params))
+
+
 def _open_store(store: ResultsStore | str | Path | None) -> ResultsStore:
     if isinstance(store, ResultsStore):
         return store
@@ -103,69 +156,88 @@ def model_record(info) -> ModelRecord:
 
 
 def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed: int = 0,
-                   n_train: int = -1, store: ResultsStore | str | Path | None = None,
+                   n_train: int = -1, probe_params: Mapping[str, Any] | None = None,
+                   store: ResultsStore | str | Path | None = None,
                    data_root: Path | None = None, force: bool = False,
                    skip_unreadable: bool = False, batch_size: int = 32, n_bootstrap: int = 1000,
                    ci_level: float = 0.95, device: str = "cpu", cache: bool = True) -> RunResult:
-    """Evaluate ``model`` (a registry name or a Backbone) on ``task`` and store the run."""
+    """Evaluate ``model`` (a registry name or a Backbone) on ``task`` and store the run.
+
+    ``probe_params`` sets the protocol's probe hyper-parameters (e.g. ``{"k": 10}`` for knn);
+    ``force`` recomputes even when a current run is stored (the cached features are reused).
+    """
     from biobench.backbones import create_backbone, model_info
 
     task = get_task(task) if isinstance(task, str) else task
     protocol = protocol or task.default_probe
+    task.check_protocol(protocol)  # before any data is read or model built
     model_name = model if isinstance(model, str) else model.info.name
     if isinstance(model, str):
         model_info(model_name)  # an unknown name fails now, before any data is read
-    store = _open_store(store)
-    key = RunKey(model_name, task.name, protocol, seed, n_train)
     if task.cross_fitted and n_train != -1:
         raise ValueError(f"task '{task.name}' predicts every example from the others "
                          f"(cross-fitting); n_train={n_train} does not apply: use -1")
+    key = run_key(model_name, task, protocol, seed, n_train, probe_params)
+    probe = build_probe(protocol, seed, probe_params)
+    store = _open_store(store)
     started = time.perf_counter()
-    stored_is_current, data, fingerprint = _stored_run_state(store, key, task, data_root, force)
-    if stored_is_current:
+    stage(f"{model_name} on {task.name} ({protocol}, seed {seed}): loading the task's data")
+    state = _stored_run_state(store, key, task, data_root, force)
+    if state.current:
+        stage(f"{model_name} on {task.name}: a current run is stored (run "
+              f"{store.run_id(key)}); reading it back")
         return _from_store(store, key)
-    # a stored run of other data (not current) is recomputed and replaced
-    replace = force or store.has_run(key)
+    data = state.data
     train = subsample_train(data.train, n_train, seed)
+    stage(f"building model {model_name}")
     backbone = create_backbone(model_name, device=device) if isinstance(model, str) else model
     info = backbone.info  # after building: ad-hoc hub models know their resolution only now
 
     def features(examples, split):
+        stage(f"features of {len(examples)} {split} examples ({task.name})")
         return extract_features(backbone, examples, task_name=task.name, split=split,
                                 pooling=task.pooling, batch_size=batch_size, device=device,
-                                cache=cache, skip_unreadable=skip_unreadable)
+                                cache=cache, skip_unreadable=skip_unreadable,
+                                # a task whose scores need fp32 features says so (FishNet)
+                                precision=getattr(task, "feature_precision", "auto"))
 
     f_train = features(train, "train") if train else None
     f_test = features(data.test, "test")
     kept_train = _keep(train, f_train.ids) if f_train else []
     kept_test = _keep(data.test, f_test.ids)
-    train_x = f_train.x if f_train else np.zeros((0, backbone.feature_dim), np.float32)
+    # the cached matrices go to the probe as they are: memory-mapped, float16 or float32
+    train_x = f_train.x if f_train else np.zeros((0, backbone.feature_dim), f_test.x.dtype)
     train_y = task.labels_array(kept_train)
     y_true = task.labels_array(kept_test)
 
-    probe = make_probe(protocol, seed=seed)
+    stage(f"fitting the {protocol} probe and predicting {len(kept_test)} test examples")
     subset = TaskData(kept_train, kept_test, data.class_names, data.extra)
-    y_pred = np.asarray(task.fit_predict(probe, train_x, train_y, f_test.x, subset))
+    prediction = task.fit_predict(probe, train_x, train_y, f_test.x, subset, seed=seed)
+    y_pred = np.asarray(prediction.y_pred)
+    stage(f"bootstrap interval ({n_bootstrap} resamples)")
     interval = bootstrap_ci(task.score, y_true, y_pred, n_bootstrap=n_bootstrap, level=ci_level,
-                            seed=seed)
+                            seed=seed, strata=task.bootstrap_strata(y_true))
     extra = {"class_names": data.class_names, "ci_contains_estimate": interval.contains_estimate,
-             "cross_fitted": task.cross_fitted, "data_fingerprint": fingerprint,
-             "skipped_files": (f_train.skipped_files if f_train else []) + f_test.skipped_files}
-    if hasattr(probe, "C_"):
-        extra["probe_C"] = probe.C_
-    # task-specific figures a protocol reports (re-ID top-k, open-set threshold, ...)
-    extra.update(subset.extra.get("run_extra", {}))
+             "cross_fitted": task.cross_fitted, "data_fingerprint": state.fingerprint,
+             "skipped_files": (f_train.skipped_files if f_train else []) + f_test.skipped_files,
+             "metric_extras": task.metric_extras(y_true, y_pred),
+             # task-specific figures the protocol measured (re-ID top-k, open-set threshold, ...)
+             **prediction.extra}
     record = RunRecord(
         key=key, metric=task.metric_name, score=interval.estimate, ci_low=interval.low,
         ci_high=interval.high, ci_level=ci_level, n_bootstrap=n_bootstrap,
         n_train_used=None if task.cross_fitted else len(kept_train), n_test=len(kept_test),
         n_skipped=(f_train.n_skipped if f_train else 0) + f_test.n_skipped,
-        versions=package_versions(), git_commit=git_commit(), device=device_description(device),
+        versions=package_versions(), git_commit=git_commit(),
+        code_version=code_version(type(task)), device=device_description(device),
         wall_time_s=time.perf_counter() - started, extra=extra,
     )
+    # a stored run of other data or older code (not current) is replaced in one transaction
     run_id = store.save_run(record, zip([ex.id for ex in kept_test], y_true, y_pred),
-                            replace=replace)
+                            replace=True)
     store.save_models([model_record(info)])
+    stage(f"{model_name} on {task.name}: {task.metric_name} = {interval.estimate:.4f} "
+          f"[{interval.low:.4f}, {interval.high:.4f}], stored as run {run_id}")
     return RunResult(run_id, key, record.metric, record.score, record.ci_low, record.ci_high,
                      record.n_train_used, record.n_test, record.n_skipped,
                      [ex.id for ex in kept_test], y_true, y_pred, reused=False, extra=extra)
@@ -173,38 +245,51 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
 
 def stored_run_is_current(store: ResultsStore, key: RunKey, task: Task,
                           data_root: Path | None = None) -> bool:
-    """True when ``key`` is stored and still describes the task's data (its fingerprint
-    matches), or is stored and the data is not here to check against."""
-    return store.has_run(key) and _stored_run_state(store, key, task, data_root)[0]
+    """True when ``key`` is stored and still current (see ``_stored_run_state``)."""
+    return store.has_run(key) and _stored_run_state(store, key, task, data_root).current
+
+
+@dataclass(frozen=True)
+class StoredRunState:
+    current: bool  # the stored run can be read back instead of recomputed
+    data: TaskData | None  # the task's data (None when absent and a stored run is trusted)
+    fingerprint: str | None
 
 
 def _stored_run_state(store: ResultsStore, key: RunKey, task: Task, data_root: Path | None,
-                      ignore_stored: bool = False) -> tuple[bool, TaskData | None, str | None]:
-    """(is the stored run current?, the task's data, its fingerprint).
+                      ignore_stored: bool = False) -> StoredRunState:
+    """Is the stored run of ``key`` current, with the task's data and its fingerprint.
 
-    A stored run is current while its data fingerprint matches the task's data; when the data
-    is absent there is nothing to check it against and it is trusted (data is then None).
-    Without a stored run (or with ``ignore_stored``) missing data raises ``TaskDataMissing``.
+    Current means: stored by the same scoring code (``code_version``) from data with the same
+    fingerprint. When the data is absent there is nothing to recompute from, so a stored run is
+    trusted (data is then None). Without a stored run (or with ``ignore_stored``) missing data
+    raises ``TaskDataMissing`` with the download command.
     """
     stored = None if ignore_stored else store.get_run(key)
     try:
-        data = task.load(data_root)  # raises TaskDataMissing with the download command
+        data = task.load(data_root)
     except TaskDataMissing:
         if stored is not None:
-            return True, None, None
+            return StoredRunState(True, None, None)
         raise
     fingerprint = data_fingerprint(task, data)
-    current = stored is not None and stored["extra"].get("data_fingerprint") == fingerprint
-    return current, data, fingerprint
+    current = (stored is not None
+               and stored["extra"].get("data_fingerprint") == fingerprint
+               and stored["code_version"] == code_version(type(task)))
+    return StoredRunState(current, data, fingerprint)
 
 
 def data_fingerprint(task: Task, data: TaskData) -> str:
-    """Hash of which examples, with which labels, sit in which split: a stored run is reused
-    only while this is unchanged."""
+    """Hash of which examples, with which labels, sit in which split, and of each image file's
+    size and modification time (a cheap stand-in for its content: a replaced or truncated image
+    changes it): a stored run is reused only while this is unchanged."""
     h = hashlib.sha256(f"{task.name}|{task.cross_fitted}".encode())
     for split, examples in (("train", data.train), ("test", data.test)):
         for ex in examples:
-            h.update(f"{split}|{ex.id}|{json.dumps(np.asarray(ex.label).tolist())}\n".encode())
+            h.update(f"{split}|{ex.id}|{json.dumps(np.asarray(ex.label).tolist())}".encode())
+            for ref in ex.images:
+                h.update(f"|{ref.content_token()}".encode())
+            h.update(b"\n")
     return h.hexdigest()[:16]
 
 

@@ -19,20 +19,17 @@ published intervals).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html
 import json
 import os
 import socket
-import sys
 import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import pandas as pd
-from tqdm import tqdm
 
 from biobench import config
 from biobench.store import ModelRecord, ResultsStore, RunKey, RunRecord
@@ -62,7 +59,7 @@ PUBLISHED_METRICS: dict[str, str] = {
     "inat21": "accuracy",
     "newt": "accuracy",
     "fishnet": "fishnet_macro_f1",
-    "fungiclef": "fungiclef_score",
+    "fungiclef": "fungiclef_reference_score",
     **{t: "macro_f1" for t in (
         "beluga", "ecdysis", "herbarium19", "iwildcam", "kabr", "mammalnet", "plankton",
         "plantnet")},
@@ -71,7 +68,7 @@ PUBLISHED_METRICS: dict[str, str] = {
 HOW_TO_PROVIDE = (
     f"To provide it, set the environment variable {PATH_ENV} to a local copy of the file (the "
     f"project's Makefile sets it to ../shared/reference/biobench_results.json when that file "
-    f"exists), or, with network access, run 'python -m biobench.published' (or 'make published') "
+    f"exists), or, with network access, run 'biobench published' (or 'make published') "
     f"to download it from {PUBLISHED_URL} into the cache."
 )
 
@@ -431,26 +428,3 @@ def _placeholder_figure():
             va="center")
     ax.set_axis_off()
     return fig
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m biobench.published``: fetch (if needed), validate and import into the store."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--store", type=Path, default=None,
-                        help="results store (default: biobench.config.store_path())")
-    args = parser.parse_args(argv)
-    try:
-        leaderboard = load_published()
-    except PublishedUnavailable as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    store = ResultsStore(args.store or config.store_path())
-    n_runs = import_published(store, leaderboard, progress=tqdm)
-    print(f"Imported {n_runs} published runs from {leaderboard.origin} into {store.path}")
-    for note in leaderboard.notes:
-        print(note)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,15 +6,26 @@ Tables
 ``predictions``  one row per test example of an own run: ``y_true`` and ``y_pred`` as JSON
 ``models``       metadata per (source, model): family, parameters, resolution, ImageNet top-1
 
+A run is identified by its ``RunKey``: model, task, protocol, the probe's full
+hyper-parameters (canonical JSON of ``get_params()``), seed and training-set size. Each row also
+records the version of the scoring code that produced it (``code_version``) and, in ``extra``, the
+fingerprint of the data it was computed on; ``biobench.evaluate`` reuses a stored run only while
+both still match, and otherwise recomputes and replaces it.
+
 A run and its predictions are written in one transaction, so a run killed half-way leaves no
 row at all, and ``has_run`` only ever sees complete runs. The database uses WAL journalling so
 that the book's analysis notebooks can read while a grid run writes.
+
+A store written by an older schema (``PRAGMA user_version`` below ``SCHEMA_VERSION``) is moved
+aside to ``<name>.v<old>.bak`` with a warning, and a new one is started: its own runs lack the
+identity fields and would be recomputed anyway, and published runs are re-imported by the pages.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id        INTEGER PRIMARY KEY,
@@ -30,6 +42,7 @@ CREATE TABLE IF NOT EXISTS runs (
     model         TEXT    NOT NULL,
     task          TEXT    NOT NULL,
     protocol      TEXT    NOT NULL,           -- probe name, e.g. 'logreg', 'simpleshot', 'knn'
+    probe_params  TEXT    NOT NULL DEFAULT '{}', -- canonical JSON of the probe's get_params()
     seed          INTEGER NOT NULL,
     n_train       INTEGER NOT NULL,           -- requested; -1 means all training examples
     n_train_used  INTEGER,
@@ -43,11 +56,12 @@ CREATE TABLE IF NOT EXISTS runs (
     n_skipped     INTEGER NOT NULL DEFAULT 0, -- unreadable images skipped (only if asked)
     versions      TEXT,                       -- JSON: python, torch, biobench, ...
     git_commit    TEXT,
+    code_version  TEXT,                       -- hash of the scoring code (see evaluate.py)
     device        TEXT,
     wall_time_s   REAL,
     created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
     extra         TEXT,                       -- JSON: per-class F1, probe hyper-parameters, ...
-    UNIQUE (source, model, task, protocol, seed, n_train)
+    UNIQUE (source, model, task, protocol, probe_params, seed, n_train)
 );
 CREATE TABLE IF NOT EXISTS predictions (
     run_id     INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -71,16 +85,34 @@ CREATE TABLE IF NOT EXISTS models (
 """
 
 
+KEY_FIELDS = ("source", "model", "task", "protocol", "probe_params", "seed", "n_train")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: equal settings give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_jsonable)
+
+
 @dataclass(frozen=True)
 class RunKey:
-    """What makes a run unique; a finished run with the same key is not repeated."""
+    """What makes a run unique; a finished run with the same key is not repeated.
+
+    ``probe_params`` is the canonical JSON (``canonical_json``) of the probe's hyper-parameters,
+    so two runs of one probe with different settings are different runs.
+    """
 
     model: str
     task: str
     protocol: str
     seed: int = 0
     n_train: int = -1
+    probe_params: str = "{}"
     source: str = "own"
+
+    def where(self) -> tuple[str, tuple]:
+        """SQL condition and parameters selecting this key's row."""
+        return (" AND ".join(f"{f}=?" for f in KEY_FIELDS),
+                tuple(getattr(self, f) for f in KEY_FIELDS))
 
 
 @dataclass
@@ -97,6 +129,7 @@ class RunRecord:
     n_skipped: int = 0
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
+    code_version: str | None = None
     device: str | None = None
     wall_time_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -115,21 +148,51 @@ class ModelRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _to_json(value: Any) -> str:
+def _jsonable(value: Any) -> Any:
+    """numpy arrays and scalars (and tuples inside them) as plain JSON values."""
     if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    return json.dumps(value)
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _to_json(value: Any) -> str:
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = _jsonable(value)
+    return json.dumps(value, default=_jsonable)
 
 
 class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._move_aside_if_old()
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+            con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _move_aside_if_old(self) -> None:
+        if not self.path.is_file():
+            return
+        con = sqlite3.connect(self.path, timeout=60)
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            has_runs = con.execute("SELECT 1 FROM sqlite_master WHERE name='runs'").fetchone()
+        finally:
+            con.close()
+        if version >= SCHEMA_VERSION or not has_runs:
+            return
+        backup = self.path.with_name(f"{self.path.name}.v{version}.bak")
+        for suffix in ("", "-wal", "-shm"):  # WAL files belong to the database they sit beside
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                part.replace(Path(f"{backup}{suffix}"))
+        warnings.warn(f"The results store {self.path} was written by an older biobench (schema "
+                      f"{version}, now {SCHEMA_VERSION}); it was moved to {backup} and a new store "
+                      "started. Own runs are recomputed on demand; published ones re-imported.",
+                      stacklevel=3)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -146,12 +209,9 @@ class ResultsStore:
         return self.run_id(key) is not None
 
     def run_id(self, key: RunKey) -> int | None:
+        where, params = key.where()
         with self._connect() as con:
-            row = con.execute(
-                "SELECT run_id FROM runs WHERE source=? AND model=? AND task=? AND protocol=?"
-                " AND seed=? AND n_train=?",
-                (key.source, key.model, key.task, key.protocol, key.seed, key.n_train),
-            ).fetchone()
+            row = con.execute(f"SELECT run_id FROM runs WHERE {where}", params).fetchone()
         return None if row is None else int(row[0])
 
     def save_run(
@@ -185,21 +245,19 @@ class ResultsStore:
 
     @staticmethod
     def _delete_key(con: sqlite3.Connection, k: RunKey) -> None:
-        con.execute(
-            "DELETE FROM runs WHERE source=? AND model=? AND task=? AND protocol=?"
-            " AND seed=? AND n_train=?",
-            (k.source, k.model, k.task, k.protocol, k.seed, k.n_train),
-        )
+        where, params = k.where()
+        con.execute(f"DELETE FROM runs WHERE {where}", params)
 
     @staticmethod
     def _insert(con: sqlite3.Connection, record: RunRecord,
                 predictions: Iterable[tuple[str, Any, Any]]) -> int:
         k = record.key
         row = {
-            **{f: getattr(k, f) for f in ("source", "model", "task", "protocol", "seed", "n_train")},
+            **{f: getattr(k, f) for f in KEY_FIELDS},
             **{f: getattr(record, f) for f in (
                 "metric", "score", "ci_low", "ci_high", "ci_level", "n_bootstrap",
-                "n_train_used", "n_test", "n_skipped", "git_commit", "device", "wall_time_s")},
+                "n_train_used", "n_test", "n_skipped", "git_commit", "code_version", "device",
+                "wall_time_s")},
             "versions": json.dumps(record.versions, sort_keys=True),
             "extra": _to_json(record.extra),
         }
@@ -234,8 +292,7 @@ class ResultsStore:
         return df
 
     def get_run(self, key: RunKey) -> dict | None:
-        df = self.runs(key.source, model=key.model, task=key.task, protocol=key.protocol,
-                       seed=key.seed, n_train=key.n_train)
+        df = self.runs(**{f: getattr(key, f) for f in KEY_FIELDS})
         return None if df.empty else df.iloc[0].to_dict()
 
     def predictions(self, run_id: int) -> pd.DataFrame:

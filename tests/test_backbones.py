@@ -284,6 +284,44 @@ def test_unknown_model_lists_valid_names():
         assert name in message
 
 
+@pytest.fixture
+def extra_model_folder(tmp_path, monkeypatch):
+    """A folder added to the biobench.backbones package path, and a registry whose additions
+    are undone afterwards: as if a module had been dropped into the package."""
+    import sys
+
+    import biobench.backbones as package
+    from biobench.backbones import registry
+
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+    monkeypatch.setattr(registry, "_discovered", False)
+    yield tmp_path
+    for module in ("extra_models", "_extra_helpers"):
+        sys.modules.pop(f"biobench.backbones.{module}", None)
+
+
+def test_a_model_module_in_the_package_is_found_without_an_import_line(extra_model_folder):
+    (extra_model_folder / "extra_models.py").write_text(
+        "from biobench.backbones import register_alias\n"
+        "register_alias('extra_test_vit', 'timm:test_vit@random', display='Extra test ViT')\n")
+    # private modules are helpers, never imported by discovery
+    (extra_model_folder / "_extra_helpers.py").write_text("raise AssertionError('imported')\n")
+    assert "extra_test_vit" in list_models()
+    info = model_info("extra_test_vit")
+    assert (info.display, info.pretrained) == ("Extra test ViT", False)
+    assert create_backbone("extra_test_vit").feature_dim == create_backbone(
+        "timm:test_vit@random").feature_dim
+
+
+def test_registration_constants_match_timm():
+    """offline.py spells out timm's ImageNet mean and std so that registering needs no timm."""
+    from biobench.backbones import offline
+
+    assert offline.IMAGENET_DEFAULT_MEAN == timm.data.IMAGENET_DEFAULT_MEAN
+    assert offline.IMAGENET_DEFAULT_STD == timm.data.IMAGENET_DEFAULT_STD
+
+
 @pytest.mark.parametrize("name, expected", [
     ("timm:not_a_real_arch@random", "no architecture"),
     ("timm:convnext_tiny.no_such_tag", "fb_in22k"),

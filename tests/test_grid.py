@@ -12,8 +12,13 @@ import pytest
 import yaml
 
 from biobench import config
+from biobench import book as B
 from biobench import grid as G
+from biobench.atomic import write_text_if_changed
+from biobench.evaluate import code_version, probe_params_json, run_key
+from biobench.pages import load_own_runs
 from biobench.store import ResultsStore, RunKey, RunRecord
+from biobench.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,16 +88,16 @@ def test_offline_grid_names_registered_models_and_tasks():
 
 
 # ---- table of contents -------------------------------------------------------------------
-PAGES = [G.TaskPages("t1", "Task one", (("m1", "Model 1"), ("m2", "Model 2"))),
-         G.TaskPages("t2", "Task two", (("m1", "Model 1"),))]
+PAGES = [B.TaskPages("t1", "Task one", (("m1", "Model 1"), ("m2", "Model 2"))),
+         B.TaskPages("t2", "Task two", (("m1", "Model 1"),))]
 
 
 def test_toc_block_is_valid_and_deterministic():
     toc_text = (ROOT / "_toc.yml").read_text()
-    first = G.render_toc(toc_text, G.toc_block(PAGES, "book/runs"))
-    assert first == G.render_toc(toc_text, G.toc_block(PAGES, "book/runs"))
+    first = B.render_toc(toc_text, B.toc_block(PAGES, "book/runs"))
+    assert first == B.render_toc(toc_text, B.toc_block(PAGES, "book/runs"))
     # regenerating over an already generated toc gives the same text (idempotent)
-    assert G.render_toc(first, G.toc_block(PAGES, "book/runs")) == first
+    assert B.render_toc(first, B.toc_block(PAGES, "book/runs")) == first
     toc = yaml.safe_load(first)
     runs = [p for p in toc["parts"] if p["caption"] == "Runs"]
     assert runs == [{"caption": "Runs", "chapters": [
@@ -107,16 +112,16 @@ def test_toc_block_is_valid_and_deterministic():
 
 
 def test_empty_grid_leaves_no_runs_part():
-    toc = yaml.safe_load(G.render_toc((ROOT / "_toc.yml").read_text(), G.toc_block([], "book/runs")))
+    toc = yaml.safe_load(B.render_toc((ROOT / "_toc.yml").read_text(), B.toc_block([], "book/runs")))
     assert "Runs" not in [p["caption"] for p in toc["parts"]]
 
 
 @pytest.mark.parametrize("text", ["parts:\n  - caption: A\n",
-                                  f"parts:\n  {G.TOC_END}\n  {G.TOC_BEGIN}\n",
-                                  f"parts:\n  {G.TOC_BEGIN}\n  {G.TOC_BEGIN}\n  {G.TOC_END}\n"])
+                                  f"parts:\n  {B.TOC_END}\n  {B.TOC_BEGIN}\n",
+                                  f"parts:\n  {B.TOC_BEGIN}\n  {B.TOC_BEGIN}\n  {B.TOC_END}\n"])
 def test_toc_without_one_marker_pair_is_rejected(text):
-    with pytest.raises(G.GridError, match="exactly one"):
-        G.render_toc(text, "")
+    with pytest.raises(B.TocError, match="exactly one"):
+        B.render_toc(text, "")
 
 
 def test_every_file_in_the_committed_toc_exists_or_is_generated():
@@ -137,12 +142,12 @@ def test_every_file_in_the_committed_toc_exists_or_is_generated():
 
 def test_write_if_changed_keeps_mtime_of_identical_content(tmp_path):
     path = tmp_path / "sub" / "page.md"
-    assert G.write_if_changed(path, "a\n")
+    assert write_text_if_changed(path, "a\n")
     before = path.stat().st_mtime_ns
     time.sleep(0.01)
-    assert not G.write_if_changed(path, "a\n")
+    assert not write_text_if_changed(path, "a\n")
     assert path.stat().st_mtime_ns == before
-    assert G.write_if_changed(path, "b\n") and path.read_text() == "b\n"
+    assert write_text_if_changed(path, "b\n") and path.read_text() == "b\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["page.md"]  # no temp file left
 
 
@@ -152,11 +157,13 @@ def _record(model: str, task: str = "synthetic", protocol: str = "simpleshot") -
     from biobench.evaluate import data_fingerprint
     from biobench.tasks import get_task
 
-    extra = {}
-    if task == "synthetic":
-        spec = get_task(task)
-        extra["data_fingerprint"] = data_fingerprint(spec, spec.load())
-    return RunRecord(RunKey(model, task, protocol), "macro_f1", 0.5, 0.4, 0.6, extra=extra)
+    if task != "synthetic":  # a task name the registry does not know: default probe settings
+        key = RunKey(model, task, protocol, probe_params=probe_params_json(protocol))
+        return RunRecord(key, "macro_f1", 0.5, 0.4, 0.6)
+    spec = get_task(task)
+    return RunRecord(run_key(model, spec, protocol), "macro_f1", 0.5, 0.4, 0.6,
+                     code_version=code_version(type(spec)),
+                     extra={"data_fingerprint": data_fingerprint(spec, spec.load())})
 
 
 @pytest.fixture
@@ -172,7 +179,7 @@ def book(tmp_path):
 def _fake_execute(calls, fail_models=()):
     """Stands in for papermill: writes a partial notebook, then fails or completes."""
 
-    def execute(cell, template_nb, out_path, store_path, cwd, kernel_name=None):
+    def execute(cell, template_nb, out_path, store_path, cwd, kernel_name=None, force=False):
         calls.append(cell.model)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         partial = out_path.with_name(f".{out_path.stem}.partial.ipynb")
@@ -227,8 +234,8 @@ def test_failed_cell_is_named_and_the_others_finish(book, monkeypatch):
     monkeypatch.setattr(G, "execute_cell", _fake_execute(calls, fail_models=("random_tiny",)))
     grid = G.Grid(("random_tiny", "second_model"), ("synthetic",), protocol="simpleshot",
                   source="g.toml")
-    monkeypatch.setattr(G, "run_pages", lambda grid, runs_dir: [
-        G.TaskPages("synthetic", "Synthetic", tuple((c.page_name, c.model) for c in grid.cells()
+    monkeypatch.setattr(B, "run_pages", lambda grid, runs_dir: [
+        B.TaskPages("synthetic", "Synthetic", tuple((c.page_name, c.model) for c in grid.cells()
                                                    if c.notebook_path(runs_dir).is_file()))])
     with pytest.raises(G.GridFailed) as err:
         G.run_grid(grid, progress=False, **book)
@@ -279,25 +286,14 @@ def test_book_cache_is_dropped_only_when_the_store_changes(tmp_path):
     store = ResultsStore(tmp_path / "s.sqlite")
     build = tmp_path / "_build"
     (build / ".jupyter_cache").mkdir(parents=True)
-    assert G.drop_stale_book_cache(store, build)  # no fingerprint yet
+    assert B.drop_stale_book_cache(store, build)  # no fingerprint yet
     assert not (build / ".jupyter_cache").exists()
     (build / ".jupyter_cache").mkdir()
-    assert not G.drop_stale_book_cache(store, build)
+    assert not B.drop_stale_book_cache(store, build)
     assert (build / ".jupyter_cache").exists()
     store.save_run(_record("m"))
-    assert G.drop_stale_book_cache(store, build)
+    assert B.drop_stale_book_cache(store, build)
     assert not (build / ".jupyter_cache").exists()
-
-
-def test_book_store_path_is_absolute_from_a_notebook_folder(tmp_path, monkeypatch):
-    monkeypatch.delenv("BIOBENCH_STORE", raising=False)
-    (tmp_path / "_config.yml").write_text("")
-    (tmp_path / "_toc.yml").write_text("")
-    nested = tmp_path / "notebooks" / "analysis"
-    nested.mkdir(parents=True)
-    assert G.book_store_path(nested) == tmp_path / "results" / "biobench.sqlite"
-    monkeypatch.setenv("BIOBENCH_STORE", str(tmp_path / "elsewhere.sqlite"))
-    assert G.book_store_path(nested) == tmp_path / "elsewhere.sqlite"
 
 
 # ---- the real thing: papermill on the template, tiny model, synthetic task ----------------
@@ -320,13 +316,12 @@ def test_papermill_runs_the_template_end_to_end(book, tmp_path, monkeypatch):
     assert len(images) >= 3  # example images, per-class F1, confusion matrix
 
     store = ResultsStore(book["store_path"])
-    run = store.get_run(RunKey("random_tiny", "synthetic", "simpleshot"))
+    run = store.get_run(run_key("random_tiny", get_task("synthetic"), "simpleshot"))
     glued = {o["metadata"]["scrapbook"]["name"]: o["data"] for c in code
              for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
     # the page shows the stored score, not a recomputed one
     assert float(glued["score"]["application/papermill.record/text/plain"]) == run["score"]
     from biobench.backbones import model_info
-    from biobench.tasks import get_task
 
     title = glued["run_title"]["application/papermill.record/text/markdown"]
     assert title == f"{model_info('random_tiny').display} on {get_task('synthetic').display}"
@@ -340,18 +335,29 @@ def test_papermill_runs_the_template_end_to_end(book, tmp_path, monkeypatch):
     again = G.run_grid(grid, progress=False, **book)
     assert not again.executed and len(again.skipped) == 1
 
+    # --force reaches the page's run_evaluation: the run is recomputed and replaced. A marked
+    # score in the stored (still current) row shows whether it was read back or recomputed.
+    import sqlite3
+
+    with sqlite3.connect(book["store_path"]) as con:
+        con.execute("UPDATE runs SET score = -1 WHERE run_id = ?", (int(run["run_id"]),))
+    forced = G.run_grid(grid, progress=False, force=True, **book)
+    assert len(forced.executed) == 1
+    rerun = store.get_run(run_key("random_tiny", get_task("synthetic"), "simpleshot"))
+    assert rerun["score"] == run["score"] != -1 and len(store.runs("own")) == 1  # deterministic
+
 
 def test_load_own_runs_explains_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="make book"):
-        G.load_own_runs("logreg", store_path=tmp_path / "absent.sqlite")
+        load_own_runs("logreg", store_path=tmp_path / "absent.sqlite")
     assert not (tmp_path / "absent.sqlite").exists()  # no empty store left behind
     store = ResultsStore(tmp_path / "s.sqlite")
     store.save_run(_record("m2", task="t2", protocol="logreg"))
     store.save_run(_record("m1", task="t1", protocol="logreg"))
     store.save_run(_record("m1", task="t1", protocol="knn"))
     with pytest.raises(LookupError, match="protocol='simpleshot'"):
-        G.load_own_runs("simpleshot", store_path=tmp_path / "s.sqlite")
-    own = G.load_own_runs("logreg", store_path=tmp_path / "s.sqlite")
+        load_own_runs("simpleshot", store_path=tmp_path / "s.sqlite")
+    own = load_own_runs("logreg", store_path=tmp_path / "s.sqlite")
     assert sorted(own.runs["model"]) == ["m1", "m2"] and own.tasks == ["t1", "t2"]
 
 
@@ -360,6 +366,6 @@ def test_task_chapters_in_the_toc_follow_the_book_order():
 
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     chapters = [c for p in toc["parts"] if p["caption"] == "Tasks" for c in p["chapters"]]
-    listed = [s["file"].removeprefix(f"{G.TASK_CHAPTERS}/") for c in chapters
+    listed = [s["file"].removeprefix(f"{B.TASK_CHAPTERS}/") for c in chapters
               for s in c.get("sections", [])]
     assert listed == book_task_order()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from biobench import published
+from biobench import cli, published
 from biobench.store import ResultsStore, RunKey, RunRecord
 
 SHARED_COPY = Path(__file__).parents[2] / "shared" / "reference" / "biobench_results.json"
@@ -238,7 +238,7 @@ def test_import_writes_one_run_per_result_with_mean_as_score(leaderboard, import
     assert (boot == merged["bootstrap_mean"]).all()
     metric = runs.groupby("task")["metric"].first()
     assert metric["imagenet1k"] == metric["newt"] == metric["inat21"] == "accuracy"
-    assert metric["fishnet"] == "fishnet_macro_f1" and metric["fungiclef"] == "fungiclef_score"
+    assert metric["fishnet"] == "fishnet_macro_f1" and metric["fungiclef"] == "fungiclef_reference_score"
     assert metric["plankton"] == "macro_f1"
     assert set(runs["ci_level"]) == {0.95} and set(runs["n_bootstrap"]) == {500}
 
@@ -332,7 +332,7 @@ def test_page_glue_checks_keys_and_fills_placeholders(capsys):
 def test_command_line_imports_into_the_given_store(isolated, monkeypatch, capsys):
     small = _small_file(isolated)
     monkeypatch.setenv(published.PATH_ENV, str(small))
-    assert published.main(["--store", str(isolated / "cli.sqlite")]) == 0
+    assert cli.main(["published", "--store", str(isolated / "cli.sqlite")]) == 0
     n_results = len(published.load_published(small).results)
     assert f"Imported {n_results} published runs" in capsys.readouterr().out
     assert len(ResultsStore(isolated / "cli.sqlite").runs("published")) == n_results
@@ -340,5 +340,5 @@ def test_command_line_imports_into_the_given_store(isolated, monkeypatch, capsys
 
 def test_command_line_without_the_file_fails_with_advice(isolated, monkeypatch, capsys):
     monkeypatch.setenv(published.PATH_ENV, str(isolated / "absent.json"))
-    assert published.main(["--store", str(isolated / "cli.sqlite")]) == 1
+    assert cli.main(["published", "--store", str(isolated / "cli.sqlite")]) == 1
     assert published.PATH_ENV in capsys.readouterr().err

@@ -246,14 +246,16 @@ def test_fungiclef_unknown_quantile_is_a_real_parameter(tmp_path):
     for q in (0.5, 0.95, 1.0):
         t = FungiCLEF(unknown_quantile=q)
         t.poisonous_ids = task.poisonous_ids
-        pred = t.fit_predict(SimpleShotProbe(), train_x, train_y, test_x, data)
+        result = t.fit_predict(SimpleShotProbe(), train_x, train_y, test_x, data, seed=0)
+        pred = result.y_pred
         predicted_unknown.append(int((pred[:, 0] == -1).sum()))
-        assert data.extra["run_extra"]["unknown_quantile"] == q
+        assert result.extra["unknown_quantile"] == q
+        assert result.extra["n_predicted_unknown"] == predicted_unknown[-1]
     assert predicted_unknown[0] > predicted_unknown[1] >= predicted_unknown[2]
 
 
 def test_fungiclef_threshold_is_the_quantile_of_training_distances():
-    from biobench.tasks.fungiclef import OpenSetCentroids
+    from biobench.tasks._open_set import OpenSetCentroids
 
     x = _clusters(np.eye(3) * 2, 8)
     y = np.repeat([0, 2, 5], 8)
@@ -275,7 +277,7 @@ def test_fungiclef_simpleshot_handles_gaps_in_class_ids(tmp_path):
     train_x = _clusters(centres, 10)
     train_y = task.with_poison_flag(np.repeat([0, 2, 5], 10))  # no class 1, 3 or 4
     test_x = _clusters(centres, 5, seed=2)
-    pred = task.fit_predict(SimpleShotProbe(), train_x, train_y, test_x, data)
+    pred = task.fit_predict(SimpleShotProbe(), train_x, train_y, test_x, data, seed=0).y_pred
     known = pred[:, 0] != -1
     assert known.mean() > 0.6
     np.testing.assert_array_equal(pred[known, 0], np.repeat([0, 2, 5], 5)[known])
@@ -287,7 +289,7 @@ def test_fungiclef_refuses_a_probe_without_distances(tmp_path):
     data = task.load(root)
     train_y = task.with_poison_flag([0, 2, 5, 0, 2, 5])
     with pytest.raises(ValueError, match="simpleshot"):
-        task.fit_predict(KNNProbe(k=1), np.eye(6), train_y, np.eye(6), data)
+        task.fit_predict(KNNProbe(k=1), np.eye(6), train_y, np.eye(6), data, seed=0)
 
 
 # ---- Beluga ---------------------------------------------------------------------------------
@@ -349,8 +351,7 @@ def test_beluga_layout_labels_and_default_k(tmp_path):
     assert "k = 5" in sys.modules[type(task).__module__].__doc__
     assert make_probe(task.default_probe).k == 5
     x = np.eye(len(data.test))[:, :8] + 0.01
-    task.fit_predict(make_probe("knn"), None, None, x, data)
-    assert data.extra["run_extra"]["k"] == 5
+    assert task.fit_predict(make_probe("knn"), None, None, x, data, seed=0).extra["k"] == 5
 
 
 def test_beluga_rejects_an_image_with_two_annotations(tmp_path):
@@ -385,7 +386,8 @@ def test_newt_fit_predict_matches_a_per_task_svm_by_hand(tmp_path):
     train_x = rng.normal(size=(len(data.train), 5)) + 3
     test_x = rng.normal(size=(len(data.test), 5)) + 3
     train_y = task.labels_array(data.train)
-    ours = task.fit_predict(make_probe("linear_svm"), train_x, train_y, test_x, data)
+    result = task.fit_predict(make_probe("linear_svm"), train_x, train_y, test_x, data, seed=0)
+    ours = result.y_pred
     expected = np.zeros(len(data.test), int)
     for g in {ex.group for ex in data.test}:
         tr = np.array([ex.group == g for ex in data.train])
@@ -395,7 +397,7 @@ def test_newt_fit_predict_matches_a_per_task_svm_by_hand(tmp_path):
         svm.fit(normalize(normalize(train_x[tr]) - mean), train_y[tr])
         expected[te] = svm.predict(normalize(normalize(test_x[te]) - mean))
     np.testing.assert_array_equal(ours, expected)
-    reported = data.extra["run_extra"]
+    reported = result.extra
     y_true = task.labels_array(data.test)
     for g, acc in reported["per_task_accuracy"].items():
         in_g = np.array([ex.group == g for ex in data.test])

@@ -2,31 +2,18 @@
 
 A ``Backbone`` owns its model's own eval transform (PIL image -> tensor), is always in eval
 mode, and computes features without gradients. Each registered model carries ``ModelInfo``
-metadata that can be read without building the network.
+metadata (``biobench.backbones.info``, torch-free) that can be read without building the network.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str  # registry key, e.g. "efficientnet_lite0"
-    display: str  # human title, e.g. "EfficientNet-Lite0 (ImageNet-1K)"
-    family: str  # e.g. "EfficientNet-Lite", "MobileNetV2", "CLIP"
-    loader: str  # "offline", "timm", "open_clip" or "random"
-    pretrained: bool
-    resolution: int  # input pixels (square)
-    params: int | None = None  # parameter count of the feature extractor
-    imagenet_top1: float | None = None  # published ImageNet-1K top-1 as a fraction
-    imagenet_source: str | None = None  # where that figure is published
-    description: str = ""
+from biobench.backbones.info import ModelInfo  # noqa: F401  (re-exported: part of the contract)
 
 
 class Backbone(nn.Module):

@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-
-import timm
-import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch import nn
+from typing import TYPE_CHECKING
 
 from biobench import assets, config
-from biobench.backbones.base import Backbone, ModelInfo
+from biobench.atomic import atomic_file
+from biobench.backbones.info import ModelInfo
 from biobench.backbones.registry import register_model
 from biobench.backbones.timm_models import (
     RANDOM,
@@ -39,7 +35,17 @@ from biobench.backbones.timm_models import (
     load_timm_weights,
 )
 
+if TYPE_CHECKING:  # torch and timm are imported when a model is built, not to register it
+    import torch
+    from torch import nn
+
+    from biobench.backbones.base import Backbone
+
 RANDOM_INIT_SEED = 0
+# timm.data.IMAGENET_DEFAULT_MEAN / _STD, spelled out so that registering needs no timm
+# (tests/test_backbones.py checks they still agree).
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 def lite_data_config(resolution: int, crop_pct: float) -> dict:
@@ -96,22 +102,19 @@ def converted_weights(name: str, *, progress: bool = True) -> Path:
     path = converted_weights_path(name)
     if path.is_file():
         return path
+    import timm
+    import torch
+
     spec = OFFLINE_WEIGHTS[name]
     started = time.perf_counter()
     source_file = assets.fetch_asset(spec.asset, progress=progress)
     source = torch.load(source_file, map_location="cpu", weights_only=True)
     template = timm.create_model(spec.timm_arch, pretrained=False).state_dict()
     converted = map_by_position(source, template, label=f"model '{name}' ({source_file.name})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".pth", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(converted, tmp_name)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp_name, path)  # atomic: a half-written conversion never looks complete
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+    # atomic: a half-written conversion never looks complete
+    with atomic_file(path, suffix=".pth") as tmp:
+        torch.save(converted, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
     if progress:
         print(f"Converted {name} weights to timm '{spec.timm_arch}' in "
               f"{time.perf_counter() - started:.1f} s -> {path}", file=sys.stderr, flush=True)
@@ -141,6 +144,9 @@ def map_by_position(source: dict[str, torch.Tensor], template: dict[str, torch.T
 def load_imagenet_classifier(name: str) -> tuple[nn.Module, object]:
     """The full pretrained ImageNet classifier (1000 logits) of an offline model, in eval
     mode, with its transform: for sanity checks that the weights loaded correctly."""
+    import timm
+    import timm.data
+
     spec = OFFLINE_WEIGHTS[name]
     model = timm.create_model(spec.timm_arch, pretrained=False)
     load_timm_weights(model, converted_weights(name), model_name=name)

@@ -22,41 +22,36 @@ import json
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import open_clip
-import torch
-from torch import nn
-
-from biobench.backbones.base import Backbone, ModelInfo
+from biobench.backbones.info import ModelInfo
 from biobench.backbones.registry import (
     UnknownModel,
+    WeightsMismatch,
     hub_download,
     register_alias,
     register_scheme,
     seeded,
 )
-from biobench.backbones.timm_models import RANDOM, WeightsMismatch, split_weights
+from biobench.backbones.timm_models import RANDOM, split_weights
+
+if TYPE_CHECKING:  # open_clip and torch are imported when a model is built or a name resolved
+    from torch import nn
+
+    from biobench.backbones.base import Backbone
 
 HF_HUB = "hf-hub:"
 # The preprocessing fields a checkpoint's training fixed.
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
-class OpenClipImageEncoder(nn.Module):
-    """``images -> model.encode_image(images)``, keeping only the image tower when the model
-    class's ``encode_image`` is exactly ``visual(images)`` (CLIP, CustomTextCLIP)."""
+def __getattr__(name: str):
+    # The encoder subclasses torch's nn.Module, so it lives in a module imported on demand.
+    if name == "OpenClipImageEncoder":
+        from biobench.backbones._openclip_encoder import OpenClipImageEncoder
 
-    def __init__(self, clip_model: nn.Module):
-        super().__init__()
-        plain = (open_clip.CLIP.encode_image, open_clip.CustomTextCLIP.encode_image)
-        self.visual_only = type(clip_model).encode_image in plain
-        # The text tower is dropped: it is most of the memory of a CLIP model on a laptop.
-        self.model = clip_model.visual if self.visual_only else clip_model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.visual_only:
-            return self.model(images)
-        return self.model.encode_image(images, normalize=False)
+        return OpenClipImageEncoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_openclip_backbone(info: ModelInfo, model_name: str, *, tag: str | None = None,
@@ -67,6 +62,11 @@ def build_openclip_backbone(info: ModelInfo, model_name: str, *, tag: str | None
     Weights: the published ``tag`` or a local ``weights_file`` (both from the arch), else a
     seeded random init. ``preprocess`` forces mean/std/interpolation/resize_mode.
     """
+    import open_clip
+
+    from biobench.backbones._openclip_encoder import OpenClipImageEncoder
+    from biobench.backbones.base import Backbone
+
     preprocess = preprocess or {}
     kwargs = dict(
         image_mean=preprocess.get("mean"), image_std=preprocess.get("std"),
@@ -106,6 +106,8 @@ def build_openclip_backbone(info: ModelInfo, model_name: str, *, tag: str | None
 
 def preprocess_for_file(arch: str, weights_file: str | Path) -> tuple[dict, str]:
     """The preprocessing to force for a local checkpoint, and where it came from."""
+    import open_clip
+
     sidecar = Path(weights_file).expanduser().with_name("open_clip_config.json")
     if sidecar.is_file():
         cfg = json.loads(sidecar.read_text()).get("preprocess_cfg", {})
@@ -134,6 +136,8 @@ def preprocess_for_file(arch: str, weights_file: str | Path) -> tuple[dict, str]
 
 @register_scheme("open_clip")
 def resolve_openclip_name(name: str, spec: str):
+    import open_clip
+
     if spec.startswith(HF_HUB):
         repo = spec.removeprefix(HF_HUB)
         info = ModelInfo(name=name, display=f"{repo} (open_clip)", family=repo.split("/")[-1],
@@ -205,7 +209,9 @@ def _cached_hub_resolution(repo: str) -> int:
 
 
 def _probe_dim(encoder: nn.Module, transform) -> int:
+    import torch
     from PIL import Image
+
     with torch.inference_mode():
         return encoder.eval()(transform(Image.new("RGB", (64, 64))).unsqueeze(0)).shape[-1]
 

@@ -9,23 +9,44 @@ Two kinds of names:
   a researcher can evaluate any timm or open_clip model without a code change. Each scheme is
   resolved by a function registered with ``@register_scheme``.
 
+Where registrations come from (found on first use, see ``discover``):
+
+- every public module of the ``biobench.backbones`` package other than ``base``, ``info`` and
+  ``registry`` (so a new model module in the package needs no import line anywhere);
+- every module named by an entry point in the group ``biobench.backbones`` of any installed
+  distribution (a model in your own package; loading the entry point imports the module, whose
+  ``@register_model`` lines register).
+
+Nothing here imports torch, timm or open_clip: ``model_info``, ``list_models`` and a wrong
+name's error are instant. A constructor imports what it needs when a model is built.
 ``model_info`` never builds a network nor touches the network.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
+from importlib import metadata
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import torch
-from torch import nn
+from biobench.backbones.info import ModelInfo
 
-from biobench.backbones.base import Backbone, ModelInfo
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    import torch
+    from torch import nn
+
+    from biobench.backbones.base import Backbone
+
+ENTRY_POINT_GROUP = "biobench.backbones"
+# Modules of this package that hold machinery, not models: discovery skips them.
+NOT_MODEL_MODULES = frozenset({"base", "info", "registry"})
 
 # A constructor gets the model's ModelInfo and returns the built Backbone.
-Constructor = Callable[[ModelInfo], Backbone]
+Constructor = Callable[[ModelInfo], "Backbone"]
 
 
 class UnknownModel(LookupError):
@@ -34,6 +55,10 @@ class UnknownModel(LookupError):
 
 class WeightsUnavailable(RuntimeError):
     """A model's weights cannot be obtained here (no network to the hub, missing file)."""
+
+
+class WeightsMismatch(ValueError):
+    """A weights file does not fit the architecture it was loaded into."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +114,49 @@ def register_scheme(scheme: str):
     return decorator
 
 
+# ---- discovery -----------------------------------------------------------------------------
+_discovered = False
+
+
+def discover() -> None:
+    """Import the package's model modules and the entry-point plug-ins, once per process.
+
+    A plug-in that fails to import is reported with ``warnings.warn`` (naming the entry point
+    and its distribution) and skipped, so one broken package does not hide every model.
+    """
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True  # set first: a plug-in importing biobench.backbones must not recurse
+    import biobench.backbones as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in NOT_MODEL_MODULES and not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    load_entry_points(ENTRY_POINT_GROUP, "model")
+
+
+def load_entry_points(group: str, kind: str) -> list[str]:
+    """Import every module named by an entry point of ``group``; returns their values. Shared
+    with the task registry (``biobench.tasks``)."""
+    loaded = []
+    for entry_point in metadata.entry_points(group=group):
+        dist = entry_point.dist.name if entry_point.dist is not None else "an unknown distribution"
+        try:
+            entry_point.load()
+        except Exception as exc:  # a broken plug-in must not take the other names down with it
+            warnings.warn(
+                f"biobench: the {kind} plug-in '{entry_point.name} = {entry_point.value}' "
+                f"(entry point group '{group}', distribution '{dist}') failed to import and is "
+                f"skipped: {type(exc).__name__}: {exc}", stacklevel=2)
+            continue
+        loaded.append(entry_point.value)
+    return loaded
+
+
 def list_models(loader: str | None = None) -> list[str]:
     """Registered names, sorted; ``loader`` filters on ``ModelInfo.loader`` (e.g. "offline")."""
+    discover()
     names = sorted(_MODELS)
     if loader is not None:
         names = [n for n in names if _MODELS[n].resolve_info().loader == loader]
@@ -104,6 +170,8 @@ def model_info(name: str) -> ModelInfo:
 
 def create_backbone(name: str, device: str | torch.device = "cpu") -> Backbone:
     """Build the frozen feature extractor ``name`` on ``device``."""
+    from biobench.backbones.base import Backbone
+
     info, constructor = _resolve(name)
     backbone = constructor(info)
     if not isinstance(backbone, Backbone):
@@ -113,6 +181,7 @@ def create_backbone(name: str, device: str | torch.device = "cpu") -> Backbone:
 
 
 def _resolve(name: str) -> tuple[ModelInfo, Constructor]:
+    discover()
     if name in _MODELS:
         entry = _MODELS[name]
         return entry.resolve_info(), entry.constructor
@@ -149,6 +218,8 @@ def count_parameters(net: nn.Module) -> int:
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Seed torch for a random initialisation without disturbing the caller's RNG state."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield

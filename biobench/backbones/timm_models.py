@@ -14,26 +14,24 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-import timm.data
-from timm.models import get_pretrained_cfg, split_model_name_tag
-from torch import nn
-
-from biobench.backbones.base import Backbone, ModelInfo
-from biobench.backbones.registry import (
+from biobench.backbones.info import ModelInfo
+from biobench.backbones.registry import (  # noqa: F401  (WeightsMismatch: re-exported)
     UnknownModel,
+    WeightsMismatch,
     hub_download,
     register_alias,
     register_scheme,
     seeded,
 )
 
+if TYPE_CHECKING:  # timm and torch are imported when a model is built or a timm name resolved
+    from torch import nn
+
+    from biobench.backbones.base import Backbone
+
 RANDOM = "random"  # the weights slot of ``<arch>@random``
-
-
-class WeightsMismatch(ValueError):
-    """A weights file does not fit the architecture it was loaded into."""
 
 
 def build_timm_backbone(info: ModelInfo, arch: str, *, weights: str | Path | None = None,
@@ -44,6 +42,11 @@ def build_timm_backbone(info: ModelInfo, arch: str, *, weights: str | Path | Non
     random init; a path = a local state dict with timm key names. ``data_config`` overrides
     the preprocessing (the offline models pin theirs from the spec).
     """
+    import timm
+    import timm.data
+
+    from biobench.backbones.base import Backbone
+
     if weights is None:
         with hub_download(info.name, f"the Hugging Face hub (timm '{arch}')",
                           f"'timm:{arch}@/path/to/weights.safetensors'"):
@@ -61,6 +64,8 @@ def build_timm_backbone(info: ModelInfo, arch: str, *, weights: str | Path | Non
 
 def load_timm_weights(model: nn.Module, path: str | Path, *, model_name: str) -> None:
     """Load a state dict file into a timm model, strictly except for its classifier."""
+    import timm.models
+
     path = Path(path).expanduser()
     arch = model.pretrained_cfg.get("architecture", type(model).__name__)
     if not path.is_file():
@@ -97,6 +102,9 @@ def split_weights(spec: str) -> tuple[str, str | None]:
 
 @register_scheme("timm")
 def resolve_timm_name(name: str, spec: str):
+    import timm
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
     arch, weights = split_weights(spec)
     base, tag = split_model_name_tag(arch)
     if not timm.is_model(base):

@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold
 
 from biobench.atomic import atomic_directory
 from biobench.download import MARKER_NAME as COMPLETE_MARKER  # one marker name for every task
-from biobench.tasks.base import Task, TaskData, TaskDataMissing
+from biobench.tasks.base import Prediction, Task, TaskData, TaskDataMissing
 
 
 class CrossFittedTask(Task):
@@ -29,17 +27,20 @@ class CrossFittedTask(Task):
     n_folds: ClassVar[int] = 5
     cross_fitted = True
 
-    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData) -> np.ndarray:
+    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData, *,
+                    seed: int) -> Prediction:
+        from sklearn.base import clone
+        from sklearn.model_selection import StratifiedKFold
         y = self.labels_array(data.test)
         smallest_class = int(np.unique(y, return_counts=True)[1].min())
         n_folds = min(self.n_folds, smallest_class)
         if n_folds < 2:
             raise ValueError(f"task '{self.name}': a class has a single example; cannot cross-fit")
-        folds = StratifiedKFold(n_folds, shuffle=True, random_state=getattr(probe, "seed", 0))
+        folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
         pred = np.empty_like(y)
         for fit_idx, predict_idx in folds.split(test_x, y):
             pred[predict_idx] = clone(probe).fit(test_x[fit_idx], y[fit_idx]).predict(test_x[predict_idx])
-        return pred
+        return Prediction(pred, {"n_folds": n_folds})
 
 
 class RegistryWheelTask(CrossFittedTask):

@@ -1,18 +1,22 @@
 """The task contract: what every BioBench task provides.
 
 A task turns a data folder into train and test ``Example`` lists, names its classes, and owns
-its metric. Tasks whose protocol is more than "fit a probe on train, predict test" (leave-one-out
-re-identification, 164 binary sub-tasks, open-set rejection, multi-label traits) override
-``fit_predict``; everything else in the pipeline stays the same.
+its metric. It declares the protocols (probe names) it supports in ``protocols``; the pipeline
+refuses any other before reading data. Tasks whose protocol is more than "fit a probe on train,
+predict test" (leave-one-out re-identification, 164 binary sub-tasks, open-set rejection,
+multi-label traits) override ``fit_predict``, which receives the probe and the run's seed as
+arguments and returns a ``Prediction`` value (predictions plus any extras to store). Nothing
+is passed back by mutating ``TaskData``.
 """
 
 from __future__ import annotations
 
 import abc
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +37,15 @@ class ImageRef:
     def cache_token(self) -> str:
         return f"{self.path}|{self.box}"
 
+    def content_token(self) -> str:
+        """``cache_token`` plus the file's size and modification time: a cheap stand-in for
+        its contents (a replaced or truncated image changes it) that costs one ``stat``."""
+        try:
+            st = os.stat(self.path)
+        except OSError:  # a missing file fails later, by name, when it is read
+            return f"{self.cache_token()}|missing"
+        return f"{self.cache_token()}|{st.st_size}|{st.st_mtime_ns}"
+
 
 @dataclass(frozen=True)
 class Example:
@@ -47,6 +60,20 @@ class Example:
     images: tuple[ImageRef, ...]
     label: Any
     group: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a task's protocol returns: ``y_pred`` indexed by test example on axis 0, and
+    figures the protocol measured on the way (re-ID top-k, an open-set threshold, per-sub-task
+    accuracy), stored with the run as its extras."""
+
+    y_pred: np.ndarray
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class UnsupportedProtocol(ValueError):
+    """The task cannot be scored with the requested protocol; the message lists those it can."""
 
 
 @dataclass
@@ -69,8 +96,11 @@ class Task(abc.ABC):
     # how features of the images of one Example are combined: "mean" or "max"
     pooling: ClassVar[str] = "mean"
     default_probe: ClassVar[str] = "logreg"
+    # the protocols (probe names in ``biobench.probes.PROBES``) this task can be scored with
+    protocols: ClassVar[tuple[str, ...]] = ("logreg", "simpleshot", "knn", "linear_svm")
     # "offline" (ships with the registry), "benchmark" (the paper's nine + ecdysis),
-    # "prior_work" (ImageNet-1K, NeWT, iNat21) or "synthetic" (tests only)
+    # "prior_work" (ImageNet-1K, NeWT, iNat21), "own" (a user's folder or task file,
+    # ``biobench.tasks.folder``) or "synthetic" (tests only)
     group: ClassVar[str] = "benchmark"
     # True when the task has no training split and predicts every example from the others
     # (cross-fitting, leave-one-out): ``n_train`` subsampling does not apply.
@@ -125,17 +155,23 @@ class Task(abc.ABC):
         return download.download_task(self, self.data_path(root), mirror=mirror, progress=progress)
 
     # ---- protocol ---------------------------------------------------------------------
-    def fit_predict(
-        self,
-        probe,
-        train_x: np.ndarray,
-        train_y: np.ndarray,
-        test_x: np.ndarray,
-        data: TaskData,
-    ) -> np.ndarray:
-        """Fit ``probe`` (a scikit-learn estimator) on train features; predict test examples."""
-        probe.fit(train_x, train_y)
-        return probe.predict(test_x)
+    def check_protocol(self, protocol: str) -> None:
+        """Raise ``UnsupportedProtocol`` unless ``protocol`` is one this task declares."""
+        if protocol not in self.protocols:
+            raise UnsupportedProtocol(
+                f"task '{self.name}' cannot be scored with protocol '{protocol}'; it supports "
+                f"{', '.join(self.protocols)} (default {self.default_probe})")
+
+    def fit_predict(self, probe, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                    data: TaskData, *, seed: int) -> Prediction:
+        """Fit a fresh copy of ``probe`` (a scikit-learn estimator, never modified) on the
+        training features and predict the test examples. ``seed`` seeds any random step the
+        protocol itself takes (fold assignment, ...); the probe carries its own
+        ``random_state``."""
+        from sklearn.base import clone
+
+        fitted = clone(probe).fit(train_x, train_y)
+        return Prediction(fitted.predict(test_x), fitted_scalars(fitted))
 
     # ---- metric -----------------------------------------------------------------------
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -144,6 +180,18 @@ class Task(abc.ABC):
         from biobench import metrics
 
         return metrics.get_metric(self.metric_name)(y_true, y_pred)
+
+    def metric_extras(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+        """Further figures computed from the predictions, stored with the run (e.g. a
+        challenge's official variant of the metric). Default: none."""
+        return {}
+
+    def bootstrap_strata(self, y_true: np.ndarray) -> np.ndarray | None:
+        """The strata a bootstrap resamples within (one value per test example), or None for
+        plain resampling. See ``biobench.stats`` for why class-balanced metrics stratify."""
+        from biobench import metrics
+
+        return metrics.bootstrap_strata(self.metric_name, y_true)
 
     def labels_array(self, examples: Sequence[Example]) -> np.ndarray:
         return np.asarray([ex.label for ex in examples])
@@ -165,6 +213,16 @@ def registered_tasks() -> dict[str, type[Task]]:
 
 
 # ---- shared helpers ---------------------------------------------------------------------
+def fitted_scalars(estimator) -> dict[str, Any]:
+    """The scalar learned attributes of a fitted scikit-learn estimator (``C_``, ...), named
+    ``probe_<attribute>``, for the run's extras; arrays are left out."""
+    return {f"probe_{name}": value.item() if isinstance(value, np.generic) else value
+            for name, value in sorted(vars(estimator).items())
+            if name.endswith("_") and not name.startswith("_")
+            and isinstance(value, (int, float, str, bool, np.generic))}
+
+
+
 def subsample_train(examples: Sequence[Example], n_train: int, seed: int) -> list[Example]:
     """Class-balanced, seeded subsample of ``n_train`` training examples (``-1``: keep all).
 

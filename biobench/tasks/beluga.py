@@ -12,7 +12,9 @@ Protocol: leave-one-out k-nearest neighbours with k = 5, the value the BioBench 
 uses (its docstring says 1). Each image is a query against all *other* images, never itself;
 the neighbours vote with equal weight, and a tie goes to the tied individual whose first
 neighbour is nearest. Similarity is cosine on the features, as the project's ``knn`` probe, whose
-``k`` is used (``make_probe("knn", k=...)`` changes it). Metric: macro-F1 over individuals.
+``k`` is used (``--probe-param k=3`` changes it). ``knn`` is the only protocol this task
+accepts: leave-one-out re-identification is a nearest-neighbour protocol, and any other probe
+is refused rather than silently replaced. Metric: macro-F1 over individuals.
 An individual photographed once can never be matched, which is part of why scores are low.
 Re-identification scores are recorded too: top-1 and top-5 accuracy (is the same whale among
 the nearest 1 / 5 other images) and mean average precision over queries with another image of
@@ -29,9 +31,9 @@ import numpy as np
 from tqdm import tqdm  # plain bars: tqdm.auto warns on stderr in notebooks without ipywidgets
 
 from biobench.download import RemoteFile
-from biobench.probes import l2_normalise, majority_vote
 from biobench.tasks._downloaded import DownloadedTask
-from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
+from biobench.tasks.base import (Example, ImageRef, Prediction, TaskData, TaskDataMissing,
+                                 register_task)
 
 ROOT_DIR = "beluga.coco"
 ANNOTATIONS = f"{ROOT_DIR}/annotations/instances_train2022.json"
@@ -47,6 +49,7 @@ def leave_one_out_knn(x: np.ndarray, labels: np.ndarray, k: int = DEFAULT_K,
     Returns ``(predictions, {"top1": ..., "top5": ..., "map": ...})``. Ties in similarity keep
     input order (stable sort), so the result is deterministic.
     """
+    from biobench.probes import l2_normalise, majority_vote
     labels = np.asarray(labels)
     n = len(labels)
     if n < 2:
@@ -86,6 +89,7 @@ class Beluga(DownloadedTask):
                 "distributed by LILA BC. https://lila.science/datasets/beluga-id-2022/")
     metric_name = "macro_f1"
     default_probe = "knn"
+    protocols = ("knn",)
     group = "benchmark"
     cross_fitted = True  # no split: leave-one-out over every image, so n_train does not apply
     remote_files = (
@@ -122,9 +126,10 @@ class Beluga(DownloadedTask):
             examples.append(Example(str(image["id"]), (ImageRef(file),), index[name], group=name))
         return TaskData([], examples, individuals, {"n_individuals": len(individuals)})
 
-    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData) -> np.ndarray:
-        """Leave-one-out over the test images; the probe only supplies ``k``."""
-        k = getattr(probe, "k", DEFAULT_K)
+    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData, *,
+                    seed: int) -> Prediction:
+        """Leave-one-out over the test images with the knn probe's ``k`` (its hyper-parameter,
+        read through ``get_params``); the vote and similarity are the probe's own rules."""
+        k = int(probe.get_params()["k"])
         preds, reid = leave_one_out_knn(test_x, self.labels_array(data.test), k=k, progress=True)
-        data.extra.setdefault("run_extra", {}).update(k=k, **reid)
-        return preds
+        return Prediction(preds, {"k": k, **reid})

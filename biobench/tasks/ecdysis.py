@@ -20,7 +20,6 @@ averages over the classes present in the test truth.
 from __future__ import annotations
 
 import csv
-import os
 import zipfile
 from collections import defaultdict
 from datetime import datetime
@@ -28,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from biobench import download
+from biobench.atomic import atomic_file
 from biobench.download import DownloadError, RemoteFile
 from biobench.tasks._downloaded import DownloadedTask, natural_key
 from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
@@ -142,10 +142,9 @@ class Ecdysis(DownloadedTask):
                 if len(csvs) != 1:
                     raise DownloadError(f"{export} should hold exactly one .csv, found {csvs}. "
                                         "Report it to the project.")
-                tmp = dest.with_name(dest.name + ".tmp")
-                tmp.write_bytes(zf.read(csvs[0]))
+                with atomic_file(dest) as tmp:
+                    tmp.write_bytes(zf.read(csvs[0]))
         except zipfile.BadZipFile as exc:
             export.unlink(missing_ok=True)
             raise DownloadError(f"{export} is not a valid zip ({exc}); it was deleted, run the "
                                 "download again.") from exc
-        os.replace(tmp, dest)

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from sklearn.base import clone
 
 from biobench.download import RemoteFile
 from biobench.tasks._downloaded import DownloadedTask
-from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
+from biobench.tasks.base import (Example, ImageRef, Prediction, TaskData, TaskDataMissing,
+                                 register_task)
+
+if TYPE_CHECKING:  # pandas is imported where used: the task registry loads fast
+    import pandas as pd
 
 TRAITS = ("FeedingPath", "Tropical", "Temperate", "Subtropical", "Boreal", "Polar",
           "freshwater", "saltwater", "brackish")
@@ -46,6 +49,7 @@ IMAGES_DRIVE_ID = "1mqLoap9QIVGYaPJ7T_KSBfLxJOg2yFY3"
 
 def trait_matrix(frame: pd.DataFrame) -> np.ndarray:
     """(rows, 9) float array of the trait values, NaN where a value is missing or unknown."""
+    import pandas as pd
     columns = []
     for trait in TRAITS:
         if trait == "FeedingPath":
@@ -64,6 +68,7 @@ def predict_traits(probe, train_x: np.ndarray, train_y: np.ndarray, test_x: np.n
     A probe without ``predict_proba`` predicts labels directly. A trait with a single value in
     the training set is predicted as that value (there is nothing to fit).
     """
+    from sklearn.base import clone
     train_y = np.asarray(train_y)
     out = np.zeros((len(test_x), train_y.shape[1]), dtype=int)
     for t in range(train_y.shape[1]):
@@ -103,6 +108,7 @@ class FishNet(DownloadedTask):
 
     def read_split(self, path: Path, split: str) -> tuple[list[Example], int]:
         """Examples of one split and the number of rows dropped for missing trait values."""
+        import pandas as pd
         csv = path / SPLIT_FILES[split]
         frame = pd.read_csv(csv, low_memory=False)
         absent = [c for c in (IMAGE_COLUMN, FOLDER_COLUMN, *TRAITS) if c not in frame.columns]
@@ -137,5 +143,7 @@ class FishNet(DownloadedTask):
         return TaskData(train, test, list(TRAITS),
                         {"dropped_rows": {"train": dropped_train, "test": dropped_test}})
 
-    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData) -> np.ndarray:
-        return predict_traits(probe, train_x, train_y, test_x)
+    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData, *,
+                    seed: int) -> Prediction:
+        return Prediction(predict_traits(probe, train_x, train_y, test_x),
+                          {"probability_threshold": PROBABILITY_THRESHOLD})

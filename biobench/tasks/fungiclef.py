@@ -21,25 +21,33 @@ for classes seen in training, so class ids need not be 0..C-1. (The BioBench ref
 Mahalanobis distances under a shrinkage LDA and hard-coded the 95th percentile, ignoring its
 ``alpha`` argument; here the quantile is a constructor argument that the rule really uses.)
 
-Metric: the FungiCLEF 2023 user-focused score (``fungiclef_score``), which charges 10 for an
-unknown species called known, 0.1 for a known one called unknown, 1 for a wrong known species,
-100 for a poisonous species called edible and 1 for the reverse, normalised to 1 = perfect and
-0 = worst possible. The poison list is read from the data folder when the task loads; it is
-downloaded with the data (never at import).
+Metric: BioBench's FungiCLEF score (``fungiclef_reference_score``), kept so that runs compare
+with the published leaderboard. It adds the challenge's Track 4 classification cost (10 for an
+unknown species called known, 0.1 for a known one called unknown, 1 for a wrong known species)
+to its poison cost PSC (100 for a poisonous species called edible, 1 for the reverse), normalised
+to 1 = perfect and 0 = worst possible. It is *not* the challenge's Track 3 user-focused loss,
+which adds PSC to Track 1's classification error (every error costs 1): for truth [unknown,
+species 3] predicted [species 3, unknown], Track 4 CE + PSC is 5.05 but the user-focused loss
+1.0. The four official losses (Tracks 1-4) are stored with every run (``metric_extras``). The
+poison list is read from the data folder when the task loads; it is downloaded with the data
+(never at import).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from biobench.download import RemoteFile
 from biobench.metrics import FUNGICLEF_UNKNOWN
 from biobench.tasks._downloaded import DownloadedTask
-from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
+from biobench.tasks.base import (Example, ImageRef, Prediction, TaskData, TaskDataMissing,
+                                 register_task)
+
+if TYPE_CHECKING:  # pandas is imported where used: the task registry loads fast
+    import pandas as pd
 
 SERVER = "http://ptak.felk.cvut.cz/plants/DanishFungiDataset/"
 SPLITS = {
@@ -48,39 +56,6 @@ SPLITS = {
 }
 POISON_LIST = "poison_status_list.csv"
 DEFAULT_UNKNOWN_QUANTILE = 0.95
-
-
-class OpenSetCentroids(ClassifierMixin, BaseEstimator):
-    """Wrap a centroid probe: its closed-set prediction, or ``-1`` (unknown) when the distance
-    to the nearest centroid exceeds the ``quantile`` of the training examples' distances.
-
-    The wrapped ``probe`` needs ``decision_function`` returning negative squared distances to
-    the class centroids (larger = closer), as SimpleShot does.
-    """
-
-    def __init__(self, probe, quantile: float = DEFAULT_UNKNOWN_QUANTILE):
-        self.probe = probe
-        self.quantile = quantile
-
-    def _distance(self, X) -> np.ndarray:
-        return -np.max(self.probe.decision_function(X), axis=1)
-
-    def fit(self, X, y):
-        if not hasattr(self.probe, "decision_function"):
-            raise ValueError(f"{type(self.probe).__name__} has no decision_function; FungiCLEF's "
-                             "unknown-species rule needs distances to centroids: use the "
-                             "'simpleshot' probe")
-        if not 0 < self.quantile <= 1:
-            raise ValueError(f"quantile must be in (0, 1], got {self.quantile}")
-        self.probe.fit(X, y)
-        self.classes_ = self.probe.classes_
-        self.threshold_ = float(np.quantile(self._distance(X), self.quantile))
-        return self
-
-    def predict(self, X):
-        pred = np.asarray(self.probe.predict(X)).copy()
-        pred[self._distance(X) > self.threshold_] = FUNGICLEF_UNKNOWN
-        return pred
 
 
 @register_task
@@ -92,9 +67,12 @@ class FungiCLEF(DownloadedTask):
     citation = ("Picek, L. et al. Overview of FungiCLEF 2023: Fungi Recognition Beyond 1/0 "
                 "Cost. CLEF 2023 Working Notes; Picek, L. et al. Danish Fungi 2020 - Not Just "
                 "Another Image Recognition Dataset. WACV 2022.")
-    metric_name = "fungiclef_score"
+    metric_name = "fungiclef_reference_score"
     pooling = "mean"  # the photos of one observation
     default_probe = "simpleshot"
+    # the open-set rule needs distances to class centroids: only SimpleShot provides them (a
+    # linear SVM's margins are not distances: 70% of observations would be called unknown)
+    protocols = ("simpleshot",)
     group = "benchmark"
     remote_files = (
         RemoteFile(SERVER + "DF20-300px.tar.gz", note="~6.5 GB, train images"),
@@ -111,6 +89,7 @@ class FungiCLEF(DownloadedTask):
 
     # ---- data ---------------------------------------------------------------------------
     def read_poison_list(self, path: Path) -> frozenset[int]:
+        import pandas as pd
         csv = path / POISON_LIST
         frame = pd.read_csv(csv)
         if not {"class_id", "poisonous"} <= set(frame.columns):
@@ -119,6 +98,7 @@ class FungiCLEF(DownloadedTask):
         return frozenset(int(c) for c in frame.loc[frame["poisonous"] == 1, "class_id"])
 
     def read_metadata(self, path: Path, split: str) -> pd.DataFrame:
+        import pandas as pd
         csv_name, folder = SPLITS[split]
         csv = path / csv_name
         frame = pd.read_csv(csv, low_memory=False)
@@ -186,11 +166,21 @@ class FungiCLEF(DownloadedTask):
     def labels_array(self, examples) -> np.ndarray:
         return self.with_poison_flag([ex.label for ex in examples])
 
-    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData) -> np.ndarray:
+    def metric_extras(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+        """The challenge's official losses (Tracks 1-4, lower is better), next to the task's
+        metric, which is BioBench's normalised Track 4 score."""
+        from biobench.metrics import fungiclef_official_losses
+
+        return fungiclef_official_losses(y_true, y_pred)
+
+    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData, *,
+                    seed: int) -> Prediction:
+        from biobench.tasks._open_set import OpenSetCentroids  # scikit-learn: imported on use
+
         classifier = OpenSetCentroids(probe, self.unknown_quantile)
         classifier.fit(train_x, np.asarray(train_y)[:, 0])
         pred = classifier.predict(test_x)
-        data.extra.setdefault("run_extra", {}).update(
-            unknown_quantile=self.unknown_quantile, distance_threshold=classifier.threshold_,
-            n_predicted_unknown=int(np.sum(pred == FUNGICLEF_UNKNOWN)))
-        return self.with_poison_flag(pred)
+        return Prediction(self.with_poison_flag(pred), {
+            "unknown_quantile": self.unknown_quantile,
+            "distance_threshold": classifier.threshold_,
+            "n_predicted_unknown": int(np.sum(pred == FUNGICLEF_UNKNOWN))})

@@ -13,7 +13,7 @@ categories, so example ids are ``train/<category>/<image>``.
 from __future__ import annotations
 
 from biobench.download import RemoteFile
-from biobench.tasks._downloaded import ImageFolderTask
+from biobench.tasks._downloaded import DownloadedImageFolderTask
 from biobench.tasks.base import register_task
 
 _BASE = "https://storage.googleapis.com/nybg/herbarium-2019-fgvc6"
@@ -22,7 +22,7 @@ _MD5_NOTE = "MD5 from the BioBench reference's download script"
 
 
 @register_task
-class Herbarium19(ImageFolderTask):
+class Herbarium19(DownloadedImageFolderTask):
     name = "herbarium19"
     display = "Herbarium19"
     kingdom = "Plantae"

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from biobench import download
 from biobench.download import DownloadError, RemoteFile
-from biobench.tasks._downloaded import ImageFolderTask
+from biobench.tasks._downloaded import DownloadedImageFolderTask
 from biobench.tasks.base import register_task
 
 HUB_REPO = "ILSVRC/imagenet-1k"
@@ -64,7 +64,7 @@ def read_class_names(classes_py: Path) -> dict[str, str]:
 
 
 @register_task
-class ImageNet1K(ImageFolderTask):
+class ImageNet1K(DownloadedImageFolderTask):
     name = "imagenet1k"
     display = "ImageNet-1K"
     kingdom = "mixed (mostly Animalia), web photos"

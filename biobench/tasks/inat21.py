@@ -12,14 +12,14 @@ exactly 100,000).
 from __future__ import annotations
 
 from biobench.download import RemoteFile
-from biobench.tasks._downloaded import ImageFolderTask
+from biobench.tasks._downloaded import DownloadedImageFolderTask
 from biobench.tasks.base import register_task
 
 _BASE = "https://ml-inat-competition-datasets.s3.amazonaws.com/2021"
 
 
 @register_task
-class INat21(ImageFolderTask):
+class INat21(DownloadedImageFolderTask):
     name = "inat21"
     display = "iNat21 (train_mini)"
     kingdom = "all (Animalia, Plantae, Fungi, ...)"

@@ -29,7 +29,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from biobench import download
 from biobench.download import DownloadError, RemoteFile
@@ -151,6 +150,7 @@ class KABR(DownloadedTask):
 
     def read_clips(self, path: Path, split: str) -> tuple[list[Example], int]:
         """Clips of one split and how many were dropped for having fewer than 16 frames."""
+        import pandas as pd
         csv = path / SPLIT_FILES[split]
         frame = pd.read_csv(csv, sep=r"\s+", header=0, names=CSV_COLUMNS, dtype=str)
         frame["frame_id"] = frame["frame_id"].astype(int)

@@ -32,14 +32,18 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from tqdm import tqdm  # plain bars: tqdm.auto warns on stderr in notebooks without ipywidgets
 
 from biobench import download, video
+from biobench.atomic import write_text_if_changed
 from biobench.download import RemoteFile
 from biobench.tasks._downloaded import DownloadedTask
 from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
+
+if TYPE_CHECKING:  # pandas is imported where used: the task registry loads fast
+    import pandas as pd
 
 BUCKET = "https://mammalnet.s3.amazonaws.com/"
 SPLIT_FILES = {"train": "annotation/composition/train.csv",
@@ -124,6 +128,7 @@ class MammalNet(DownloadedTask):
 
     def split_rows(self, path: Path, split: str) -> pd.DataFrame:
         """Clip id and behaviour label of each row of a composition CSV."""
+        import pandas as pd
         csv = path / SPLIT_FILES[split]
         if not csv.is_file():
             raise TaskDataMissing(self.missing_message(path, f"missing {SPLIT_FILES[split]}"))
@@ -152,10 +157,7 @@ class MammalNet(DownloadedTask):
                     unavailable[jobs[job]] = reason
                 bar.update(1)
         out = path / UNAVAILABLE
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(dict(sorted(unavailable.items())), indent=1))
-        os.replace(tmp, out)
+        write_text_if_changed(out, json.dumps(dict(sorted(unavailable.items())), indent=1))
         return unavailable
 
     # ---- data -------------------------------------------------------------------------------

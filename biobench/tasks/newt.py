@@ -20,13 +20,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from sklearn.base import clone
 
 from biobench.download import RemoteFile
-from biobench.probes import l2_normalise
 from biobench.tasks._downloaded import DownloadedTask
-from biobench.tasks.base import Example, ImageRef, TaskData, TaskDataMissing, register_task
+from biobench.tasks.base import (Example, ImageRef, Prediction, TaskData, TaskDataMissing,
+                                 register_task)
 
 BUCKET = "https://ml-inat-competition-datasets.s3.amazonaws.com/newt/"
 LABELS_CSV = "newt2021_labels.csv"
@@ -36,6 +34,7 @@ COLUMNS = ("id", "label", "split", "task", "task_cluster", "task_subcluster")
 
 def per_task_features(x: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
     """L2-normalise, centre on the mean of ``train_rows``, L2-normalise again."""
+    from biobench.probes import l2_normalise
     z = l2_normalise(np.asarray(x, dtype=np.float64))
     return l2_normalise(z - z[train_rows].mean(axis=0))
 
@@ -58,6 +57,7 @@ class NeWT(DownloadedTask):
     required_paths = (LABELS_CSV, IMAGE_DIR)
 
     def load(self, root: Path | None = None) -> TaskData:
+        import pandas as pd
         self.check_present(root)
         path = self.data_path(root)
         csv = path / LABELS_CSV
@@ -83,7 +83,9 @@ class NeWT(DownloadedTask):
         return TaskData(splits["train"], splits["test"], ["0", "1"],
                         {"n_tasks": frame["task"].nunique(), "task_cluster": clusters})
 
-    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData) -> np.ndarray:
+    def fit_predict(self, probe, train_x, train_y, test_x, data: TaskData, *,
+                    seed: int) -> Prediction:
+        from sklearn.base import clone
         train_groups = np.array([ex.group for ex in data.train])
         test_groups = np.array([ex.group for ex in data.test])
         train_y = np.asarray(train_y)
@@ -101,6 +103,5 @@ class NeWT(DownloadedTask):
                 model = clone(probe).fit(x[: tr.sum()], train_y[tr])
                 y_pred[te] = model.predict(x[tr.sum():])
             per_task[task] = float(np.mean(y_pred[te] == y_true[te]))
-        data.extra.setdefault("run_extra", {}).update(
-            per_task_accuracy=per_task, mean_task_accuracy=float(np.mean(list(per_task.values()))))
-        return y_pred
+        return Prediction(y_pred, {"per_task_accuracy": per_task,
+                                   "mean_task_accuracy": float(np.mean(list(per_task.values())))})

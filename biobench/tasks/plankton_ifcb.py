@@ -17,7 +17,7 @@ own id, which no probe can predict, so its images count as errors.
 from __future__ import annotations
 
 from biobench.download import RemoteFile
-from biobench.tasks._downloaded import ImageFolderTask
+from biobench.tasks._downloaded import DownloadedImageFolderTask
 from biobench.tasks.base import register_task
 
 _PIN_NOTE = ("sha256 pinned by the birder project's datahub (not published by SYKE); "
@@ -25,7 +25,7 @@ _PIN_NOTE = ("sha256 pinned by the birder project's datahub (not published by SY
 
 
 @register_task
-class PlanktonIFCB(ImageFolderTask):
+class PlanktonIFCB(DownloadedImageFolderTask):
     name = "plankton"
     display = "Plankton (IFCB, SYKE 2022)"
     kingdom = "Chromista / Protista"

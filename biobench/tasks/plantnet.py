@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Sequence
 
 from biobench.download import RemoteFile
-from biobench.tasks._downloaded import ImageFolderTask
+from biobench.tasks._downloaded import DownloadedImageFolderTask
 from biobench.tasks.base import register_task
 
 SPECIES_NAMES = "plantnet300K_species_id_2_name.json"
 
 
 @register_task
-class PlantNet(ImageFolderTask):
+class PlantNet(DownloadedImageFolderTask):
     name = "plantnet"
     display = "Pl@ntNet-300K"
     kingdom = "Plantae"
