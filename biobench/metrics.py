@@ -20,6 +20,16 @@ resamples within each true class, so every replicate has the test set's classes 
 set's numbers (see ``biobench.stats``). FishNet's per-trait macro-F1 stratifies on rare trait
 values only (``within_rare_trait_values``); metrics that are not class averages (accuracy,
 BioBench's FungiCLEF score) resample plainly.
+
+**Count forms: bootstraps without a loop per replicate.** A metric may also register a *count
+form* (``count_form=`` in ``register_metric``): a rule that puts each test example in one *cell*
+(for macro-F1, its (true class, predicted class) pair) such that the metric of any resample is a
+function of how many examples of each cell it holds, and a vectorised ``score_counts`` that scores
+a whole block of replicates from their (replicate, cell) counts. ``biobench.stats`` then counts
+cells per chunk of replicates with ``np.bincount`` instead of calling the metric once per
+replicate. A count form must reproduce the metric bit for bit (``tests/test_stats.py`` checks
+every registered one against the per-replicate loop); a metric without one is bootstrapped by
+that loop, unchanged.
 """
 
 from __future__ import annotations
@@ -73,6 +83,26 @@ def within_rare_trait_values(y_true: np.ndarray) -> np.ndarray | None:
     return np.unique(key, axis=0, return_inverse=True)[1].reshape(-1)
 
 
+# ---- count forms: a metric as a function of per-cell counts (for fast bootstraps) ---------------
+@dataclass(frozen=True)
+class CountForm:
+    """One test set's examples reduced to cells, and the metric as a function of cell counts.
+
+    ``cell_of_example`` puts each example in a cell 0..n_cells-1, chosen so that the metric of any
+    multiset of these examples depends only on how many examples of each cell it holds.
+    ``score_counts`` maps a (replicates, n_cells) int64 array of such counts to the replicates'
+    scores, shape (replicates,), and must equal the metric on those examples bit for bit.
+    """
+    cell_of_example: np.ndarray
+    n_cells: int
+    score_counts: Callable[[np.ndarray], np.ndarray]
+
+
+# (y_true, y_pred) -> the metric's CountForm for these examples, or None where it has none (e.g.
+# labels of a shape it does not handle): a bootstrap then calls the metric once per replicate.
+CountFormRule = Callable[[np.ndarray, np.ndarray], "CountForm | None"]
+
+
 # ---- the registry: one entry per metric, with everything known about it ---------------------
 @dataclass(frozen=True)
 class Metric:
@@ -80,6 +110,7 @@ class Metric:
     fn: MetricFn
     label: str  # for tables and plots
     strata_rule: StrataRule | None  # None: a bootstrap resamples test examples plainly
+    count_form: CountFormRule | None = None  # None: a bootstrap loops over replicates
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return self.fn(y_true, y_pred)
@@ -88,19 +119,26 @@ class Metric:
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, label: str | None = None, *,
-                    strata: StrataRule | None = None) -> Callable[[MetricFn], MetricFn]:
+def register_metric(name: str, label: str | None = None, *, strata: StrataRule | None = None,
+                    count_form: CountFormRule | None = None) -> Callable[[MetricFn], MetricFn]:
     """Register a metric under ``name``. ``strata`` maps y_true to the strata its bootstrap
     resamples within: ``within_true_class`` for a class-balanced single-label metric (a class
-    average whose class set must not change between replicates), None for plain resampling."""
+    average whose class set must not change between replicates), None for plain resampling.
+    ``count_form`` (optional) builds the metric's ``CountForm`` for a test set, so that
+    ``biobench.stats`` bootstraps it without a Python loop per replicate."""
     def wrap(fn: MetricFn) -> MetricFn:
         if name in METRICS and METRICS[name].fn is not fn:
             raise ValueError(f"metric name '{name}' registered twice (by "
                              f"{METRICS[name].fn.__module__} and {fn.__module__}); rename one")
-        METRICS[name] = Metric(name, fn, label or name, strata)
+        METRICS[name] = Metric(name, fn, label or name, strata, count_form)
         return fn
 
     return wrap
+
+
+def registered_metric_of(fn) -> Metric | None:
+    """The registry entry whose function is ``fn`` itself, or None."""
+    return next((spec for spec in METRICS.values() if spec.fn is fn), None)
 
 
 def metric_spec(name: str) -> Metric:
@@ -141,6 +179,104 @@ def bootstrap_strata(metric_name: str, y_true: np.ndarray) -> np.ndarray | None:
     return None if rule is None else rule(np.asarray(y_true))
 
 
+# ---- building blocks of count forms -----------------------------------------------------------
+def row_means(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Each row's ``np.mean(values[row][keep[row]])``, bit for bit, without a loop per row.
+
+    numpy sums pairwise, in an order set by how many values it sums, so a row's sum equals the
+    per-row ``np.mean``'s only when it runs over exactly the row's kept values (zeros in their
+    place change the rounding). Rows are therefore grouped by how many values they keep (a single
+    group when every row keeps the same number, as in a stratified bootstrap) and each group is
+    summed as one (rows, length) block, whose rows numpy sums exactly as it sums a 1-D array. A
+    row that keeps nothing is nan, like ``np.mean`` of nothing.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.asarray(keep, dtype=bool)
+    lengths = keep.sum(axis=1)
+    if len(values) and (lengths == keep.shape[1]).all():  # every row keeps every value
+        return values.sum(axis=1) / keep.shape[1]
+    order = np.argsort(lengths, kind="stable")
+    kept = values[order][keep[order]]  # row by row (rows sorted by length), in column order
+    out = np.empty(len(values))
+    row = start = 0
+    for length, n_rows in zip(*np.unique(lengths[order], return_counts=True)):
+        length, n_rows = int(length), int(n_rows)
+        rows = order[row:row + n_rows]
+        if length == 0:
+            out[rows] = np.nan
+        else:
+            out[rows] = kept[start:start + length * n_rows].reshape(n_rows, length).sum(axis=1) \
+                / length
+        row, start = row + n_rows, start + length * n_rows
+    return out
+
+
+class _CellGroups:
+    """Sums (replicates, n_cells) counts over the cells of each group: (replicates, n_groups),
+    zero for a group with no cell. Groups are integers 0..n_groups-1, one per cell."""
+
+    def __init__(self, group_of_cell: np.ndarray, n_groups: int):
+        self.group_of_cell = np.asarray(group_of_cell, dtype=np.intp)
+        self.n_groups = n_groups
+        ordered = self.group_of_cell
+        # cells already sorted by group (e.g. by true class): contiguous runs, no scatter needed
+        self.sorted = bool(np.all(ordered[1:] >= ordered[:-1]))
+        self.starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) \
+            else np.zeros(0, np.intp)
+        self._keys: tuple[int, np.ndarray] | None = None  # (replicates, bincount keys) cache
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        n_rows = len(counts)
+        out = np.zeros((n_rows, self.n_groups), dtype=np.int64)
+        if not len(self.group_of_cell):
+            return out
+        if self.sorted:
+            out[:, self.group_of_cell[self.starts]] = np.add.reduceat(counts, self.starts, axis=1)
+            return out
+        # a weighted bincount scatters in one pass (gathering columns into group order is ~4x
+        # slower); float64 weights hold integer counts exactly
+        if self._keys is None or self._keys[0] != n_rows:
+            keys = np.arange(n_rows, dtype=np.intp)[:, None] * self.n_groups + self.group_of_cell
+            self._keys = (n_rows, keys.reshape(-1))
+        summed = np.bincount(self._keys[1], weights=counts.reshape(-1),
+                             minlength=n_rows * self.n_groups)
+        return summed.reshape(n_rows, self.n_groups).astype(np.int64)
+
+
+def macro_f1_from_class_counts(tp: np.ndarray, true_count: np.ndarray,
+                               pred_count: np.ndarray) -> np.ndarray:
+    """Macro-F1 of each row of (replicates, classes) counts: true positives, true examples and
+    predictions per class; averaged over the classes with a true example, as ``macro_f1``."""
+    present = true_count > 0
+    f1 = np.zeros(tp.shape)
+    # the same operations as macro_f1: 2 TP / (n_pred + n_true), from integer counts
+    np.divide(2 * tp, pred_count + true_count, out=f1, where=present)
+    return row_means(f1, present)
+
+
+def _macro_f1_of_cell_counts(cell_true: np.ndarray, cell_pred: np.ndarray,
+                             n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    """score_counts for cells that each hold one (true class, predicted class) pair (several
+    cells may hold the same pair)."""
+    by_true = _CellGroups(cell_true, n_classes)
+    by_pred = _CellGroups(cell_pred, n_classes)
+    right = np.flatnonzero(cell_true == cell_pred)
+    right_by_true = _CellGroups(cell_true[right], n_classes)
+
+    def score_counts(counts: np.ndarray) -> np.ndarray:
+        return macro_f1_from_class_counts(right_by_true(counts[:, right]), by_true(counts),
+                                          by_pred(counts))
+
+    return score_counts
+
+
+def _unique_cells(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cells = the distinct rows of integer ``codes`` (n, k): each example's cell and one
+    example of each cell."""
+    _, first, cell_of_example = np.unique(codes, axis=0, return_index=True, return_inverse=True)
+    return cell_of_example.reshape(-1), first
+
+
 # ---- single-label metrics --------------------------------------------------------------------
 def _encode(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 
@@ -170,7 +306,19 @@ def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     return out
 
 
-@register_metric("macro_f1", "macro-F1", strata=within_true_class)
+def _macro_f1_count_form(y_true: np.ndarray, y_pred: np.ndarray) -> CountForm | None:
+    """Cells: the (true class, predicted class) pairs that occur."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.ndim != 1 or y_true.shape != y_pred.shape or len(y_true) == 0:
+        return None  # the metric itself raises, or answers, for these
+    t, p, k = _encode(y_true, y_pred)
+    pairs, cell_of_example = np.unique(t * k + p, return_inverse=True)
+    return CountForm(cell_of_example.reshape(-1), len(pairs),
+                     _macro_f1_of_cell_counts(pairs // k, pairs % k, k))
+
+
+@register_metric("macro_f1", "macro-F1", strata=within_true_class,
+                 count_form=_macro_f1_count_form)
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Class-balanced macro-F1 over the classes present in ``y_true`` (see module docstring)."""
     t, p, k = _encode(y_true, y_pred)
@@ -185,7 +333,20 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1.mean())
 
 
-@register_metric("accuracy", "accuracy")
+def _accuracy_count_form(y_true: np.ndarray, y_pred: np.ndarray) -> CountForm | None:
+    """Cells: 0 wrong, 1 right."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or len(y_true) == 0:
+        return None
+    right = y_true == y_pred
+    if y_true.ndim > 1:
+        right = np.all(right, axis=tuple(range(1, y_true.ndim)))
+    n = len(y_true)
+    # np.mean of booleans sums them as float64 (exact) and divides by n: the same division
+    return CountForm(right.astype(np.intp), 2, lambda counts: counts[:, 1] / n)
+
+
+@register_metric("accuracy", "accuracy", count_form=_accuracy_count_form)
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """The share of test examples predicted right (multi-label: every label right)."""
     y_true = np.asarray(y_true)
@@ -200,7 +361,28 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 # ---- task-specific metrics of the BioBench tasks -----------------------------------------------
-@register_metric("fishnet_macro_f1", "mean per-trait macro-F1", strata=within_rare_trait_values)
+def _fishnet_count_form(y_true: np.ndarray, y_pred: np.ndarray) -> CountForm | None:
+    """Cells: the distinct (true row, predicted row) label patterns; each trait's macro-F1
+    groups them by that trait's (true, predicted) values."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2 or len(y_true) == 0:
+        return None
+    n_traits = y_true.shape[1]
+    encoded = [_encode(y_true[:, t], y_pred[:, t]) for t in range(n_traits)]
+    codes = np.stack([e[0] for e in encoded] + [e[1] for e in encoded], axis=1)
+    cell_of_example, first = _unique_cells(codes)
+    per_trait = [_macro_f1_of_cell_counts(codes[first, t], codes[first, n_traits + t], k)
+                 for t, (_, _, k) in enumerate(encoded)]
+
+    def score_counts(counts: np.ndarray) -> np.ndarray:
+        scores = np.stack([score(counts) for score in per_trait], axis=1)
+        return row_means(scores, np.ones(scores.shape, bool))  # np.mean over traits
+
+    return CountForm(cell_of_example, len(first), score_counts)
+
+
+@register_metric("fishnet_macro_f1", "mean per-trait macro-F1", strata=within_rare_trait_values,
+                 count_form=_fishnet_count_form)
 def fishnet_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """FishNet: the mean over traits of each trait's two-class (present/absent) macro-F1.
 
@@ -246,6 +428,51 @@ def _fungiclef_arrays(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     return y_true, y_pred
 
 
+def _fungiclef_outcomes(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Per observation, which costed outcomes it has (booleans). Their counts determine every
+    FungiCLEF loss and score, which is what the count form of the score relies on."""
+    t_cls, p_cls = y_true[:, 0], y_pred[:, 0]
+    t_known, p_known = t_cls != FUNGICLEF_UNKNOWN, p_cls != FUNGICLEF_UNKNOWN
+    t_poison, p_poison = y_true[:, 1].astype(bool), y_pred[:, 1].astype(bool)
+    return {"wrong_known": t_known & p_known & (t_cls != p_cls),
+            "unknown_as_known": ~t_known & p_known,
+            "known_as_unknown": t_known & ~p_known,
+            "poisonous_as_edible": t_poison & ~p_poison,
+            "edible_as_poisonous": ~t_poison & p_poison,
+            "known": t_known, "unknown": ~t_known, "poisonous": t_poison, "edible": ~t_poison}
+
+
+# The losses from outcome counts: ``counts`` maps each outcome to its count, an integer or an
+# array of one count per bootstrap replicate (the arithmetic is the same, so both agree exactly).
+def _classification_error_of_counts(counts, n: int, costs: Mapping[str, float]):
+    return (costs["wrong_known"] * counts["wrong_known"]
+            + costs["unknown_as_known"] * counts["unknown_as_known"]
+            + costs["known_as_unknown"] * counts["known_as_unknown"]) / n
+
+
+def _poison_confusion_cost_of_counts(counts, n: int):
+    c = FUNGICLEF_PSC_COSTS
+    return (c["poisonous_as_edible"] * counts["poisonous_as_edible"]
+            + c["edible_as_poisonous"] * counts["edible_as_poisonous"]) / n
+
+
+def _reference_costs_of_counts(counts, n: int) -> dict:
+    ce = _classification_error_of_counts(counts, n, FUNGICLEF_TRACK4_CE_COSTS)
+    psc = _poison_confusion_cost_of_counts(counts, n)
+    # the worst prediction: every truth gets its costliest wrong class id and poison flag
+    ce_cost, psc_cost = FUNGICLEF_TRACK4_CE_COSTS, FUNGICLEF_PSC_COSTS
+    worst_ce = (ce_cost["wrong_known"] * counts["known"]
+                + ce_cost["unknown_as_known"] * counts["unknown"]) / n
+    worst_psc = (psc_cost["poisonous_as_edible"] * counts["poisonous"]
+                 + psc_cost["edible_as_poisonous"] * counts["edible"]) / n
+    return {"ce": ce, "psc": psc, "worst_ce": worst_ce, "worst_psc": worst_psc,
+            "score": 1.0 - (ce + psc) / (worst_ce + worst_psc)}
+
+
+def _outcome_counts(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, np.int64]:
+    return {name: np.sum(hit) for name, hit in _fungiclef_outcomes(y_true, y_pred).items()}
+
+
 def fungiclef_classification_error(y_true: np.ndarray, y_pred: np.ndarray,
                                    costs: Mapping[str, float]) -> float:
     """Mean cost per observation of wrong class ids: Track 1 with
@@ -253,12 +480,8 @@ def fungiclef_classification_error(y_true: np.ndarray, y_pred: np.ndarray,
     y_true, y_pred = _fungiclef_arrays(y_true, y_pred)
     if len(y_true) == 0:
         return float("nan")
-    t_cls, p_cls = y_true[:, 0], y_pred[:, 0]
-    t_known, p_known = t_cls != FUNGICLEF_UNKNOWN, p_cls != FUNGICLEF_UNKNOWN
-    total = (costs["wrong_known"] * np.sum(t_known & p_known & (t_cls != p_cls))
-             + costs["unknown_as_known"] * np.sum(~t_known & p_known)
-             + costs["known_as_unknown"] * np.sum(t_known & ~p_known))
-    return float(total / len(y_true))
+    return float(_classification_error_of_counts(_outcome_counts(y_true, y_pred), len(y_true),
+                                                 costs))
 
 
 def fungiclef_poison_confusion_cost(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -267,11 +490,7 @@ def fungiclef_poison_confusion_cost(y_true: np.ndarray, y_pred: np.ndarray) -> f
     y_true, y_pred = _fungiclef_arrays(y_true, y_pred)
     if len(y_true) == 0:
         return float("nan")
-    t_poison, p_poison = y_true[:, 1].astype(bool), y_pred[:, 1].astype(bool)
-    c = FUNGICLEF_PSC_COSTS
-    total = (c["poisonous_as_edible"] * np.sum(t_poison & ~p_poison)
-             + c["edible_as_poisonous"] * np.sum(~t_poison & p_poison))
-    return float(total / len(y_true))
+    return float(_poison_confusion_cost_of_counts(_outcome_counts(y_true, y_pred), len(y_true)))
 
 
 def fungiclef_official_losses(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -313,21 +532,32 @@ def fungiclef_reference_costs(y_true: np.ndarray, y_pred: np.ndarray) -> dict[st
     if n == 0:
         nan = float("nan")
         return {"ce": nan, "psc": nan, "worst_ce": nan, "worst_psc": nan, "score": nan}
-    ce = fungiclef_classification_error(y_true, y_pred, FUNGICLEF_TRACK4_CE_COSTS)
-    psc = fungiclef_poison_confusion_cost(y_true, y_pred)
-    # the worst prediction: every truth gets its costliest wrong class id and poison flag
-    t_known, t_poison = y_true[:, 0] != FUNGICLEF_UNKNOWN, y_true[:, 1].astype(bool)
-    ce_cost, psc_cost = FUNGICLEF_TRACK4_CE_COSTS, FUNGICLEF_PSC_COSTS
-    worst_ce = (ce_cost["wrong_known"] * np.sum(t_known)
-                + ce_cost["unknown_as_known"] * np.sum(~t_known)) / n
-    worst_psc = (psc_cost["poisonous_as_edible"] * np.sum(t_poison)
-                 + psc_cost["edible_as_poisonous"] * np.sum(~t_poison)) / n
-    score = 1.0 - (ce + psc) / (worst_ce + worst_psc)
-    return {"ce": ce, "psc": psc, "worst_ce": float(worst_ce), "worst_psc": float(worst_psc),
-            "score": float(score)}
+    costs = _reference_costs_of_counts(_outcome_counts(y_true, y_pred), n)
+    return {name: float(value) for name, value in costs.items()}
 
 
-@register_metric("fungiclef_reference_score", "BioBench's FungiCLEF score (Track 4 CE costs)")
+def _fungiclef_count_form(y_true: np.ndarray, y_pred: np.ndarray) -> CountForm | None:
+    """Cells: the distinct combinations of costed outcomes (at most a few dozen)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2 or y_true.shape[1] != 2 \
+            or len(y_true) == 0:
+        return None
+    outcomes = _fungiclef_outcomes(y_true, y_pred)
+    names = list(outcomes)
+    hits = np.stack([outcomes[name] for name in names], axis=1).astype(np.int64)
+    cell_of_example, first = _unique_cells(hits)
+    cell_hits = hits[first]  # (n_cells, outcomes): which outcomes each cell has
+    n = len(y_true)
+
+    def score_counts(counts: np.ndarray) -> np.ndarray:
+        per_outcome = counts @ cell_hits  # integer counts of each outcome per replicate
+        return _reference_costs_of_counts(dict(zip(names, per_outcome.T)), n)["score"]
+
+    return CountForm(cell_of_example, len(first), score_counts)
+
+
+@register_metric("fungiclef_reference_score", "BioBench's FungiCLEF score (Track 4 CE costs)",
+                 count_form=_fungiclef_count_form)
 def fungiclef_reference_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """BioBench's FungiCLEF score: 1 - (Track 4 CE + PSC) / its worst value; 1 is perfect.
 

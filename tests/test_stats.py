@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from biobench.metrics import accuracy, bootstrap_strata, macro_f1
+from biobench.metrics import accuracy, bootstrap_strata, get_metric, macro_f1
 from biobench.stats import (
     best_and_ties, bootstrap_ci, bootstrap_replicates, holm, paired_bootstrap, resample_indices,
 )
@@ -258,3 +258,248 @@ def test_paired_bootstrap_and_ties_resample_within_the_strata():
                          strata=y_true)
     assert ties.best == "a"
     assert ties.p_values["b"] == pytest.approx((np.sum(diff <= 0) + 1) / 301)
+
+
+# ---- bootstraps that scale: chunked draws, count forms, one pass over many models ------------
+from biobench import metrics, stats  # noqa: E402
+from biobench.metrics import METRICS, row_means  # noqa: E402
+from biobench.tasks import get_task  # noqa: E402
+
+
+def todays_resample_indices(n, n_bootstrap, seed, strata=None):
+    """The draws as the project made them before chunking: one call for the whole matrix."""
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return rng.integers(0, n, size=(n_bootstrap, n))
+    _, stratum_of, sizes = np.unique(strata, return_inverse=True, return_counts=True)
+    members = np.argsort(stratum_of, kind="stable")
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return members[rng.integers(0, sizes[stratum_of], size=(n_bootstrap, n)) + first[stratum_of]]
+
+
+@pytest.mark.parametrize("case_seed", range(3))
+def test_chunked_draws_are_todays_draws(case_seed):
+    rng = np.random.default_rng(case_seed)
+    for _ in range(30):
+        n = int(rng.integers(1, 300))
+        n_bootstrap = int(rng.integers(1, 40))
+        seed = int(rng.integers(1000))
+        # strata with singletons (they take no random number), or none
+        strata = [None, rng.integers(0, int(rng.integers(1, 60)), n)][int(rng.integers(2))]
+        expected = todays_resample_indices(n, n_bootstrap, seed, strata)
+        assert np.array_equal(stats.resample_indices(n, n_bootstrap, seed, strata), expected)
+        rows = int(rng.integers(1, 8))
+        chunks = list(stats.iter_resample_indices(n, n_bootstrap, seed, strata,
+                                                  rows_per_chunk=rows))
+        assert max(len(c) for c in chunks) <= rows
+        assert np.array_equal(np.concatenate(chunks), expected)
+
+
+def test_stratified_draws_match_numpy_through_many_rejections():
+    """The vectorised stratified draws against numpy's own loop, with bounds up to 2**32 - 1
+    (where Lemire's rejection hits a third of the draws), bound-1 columns that take no number,
+    and blocks of every size, so rejections fall inside rows and across block boundaries."""
+    assert stats._StratifiedDraws.matches_numpy()
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        high = rng.integers(1, 2 ** 32 - 1, 300)
+        high[rng.random(300) < 0.2] = 1
+        high[:3] = [3_000_000_001, 2, 2 ** 31 + 1]
+        offset = rng.integers(0, 1000, 300)
+        expected = np.random.default_rng(trial).integers(0, high, size=(37, 300)) + offset
+        draws = stats._StratifiedDraws(np.random.default_rng(trial).bit_generator, high)
+        got = np.concatenate([draws.draw(rows, offset) for rows in (1, 2, 5, 13, 16)])
+        assert np.array_equal(got, expected)
+
+
+def test_row_means_are_numpys_mean_bit_for_bit():
+    rng = np.random.default_rng(1)
+    # lengths around numpy's pairwise-summation blocks (8, 128) and far beyond
+    values = rng.random((400, 700)) * rng.choice([1e-3, 1.0, 1e3], (400, 700))
+    keep_share = rng.choice([0.002, 0.02, 0.2, 0.9, 1.0], 400)
+    keep = rng.random((400, 700)) < keep_share[:, None]
+    keep[np.arange(400), rng.integers(0, 700, 400)] = True  # at least one value per row...
+    keep[0] = False  # ...but here: nothing kept is nan, like np.mean of nothing
+    keep[1] = True
+    got = row_means(values, keep)
+    assert np.isnan(got[0])
+    expected = [np.mean(v[k]) for v, k in zip(values[1:], keep[1:])]
+    assert np.array_equal(got[1:], expected)  # exact, not approximate
+    assert np.array_equal(row_means(values, np.ones_like(keep)),
+                          [np.mean(v) for v in values])
+
+
+def single_label_case(rng, n_min=1):
+    """Class ids with -1 unknowns, singletons, absent and only-predicted classes."""
+    n = int(rng.integers(n_min, 250))
+    n_classes = int(rng.integers(1, 30))
+    y_true = rng.integers(-1, n_classes, n)
+    wrong = rng.integers(-1, n_classes + 6, n)  # + classes that are only ever predicted
+    y_pred = np.where(rng.random(n) < rng.random(), y_true, wrong)
+    return y_true, [y_pred, y_true, np.full(n, n_classes + 3)]
+
+
+def fishnet_case(rng):
+    n, traits = int(rng.integers(5, 150)), 9
+    y_true = (rng.random((n, traits)) < rng.uniform(0.01, 0.6, traits)).astype(int)
+    preds = [np.where(rng.random((n, traits)) < rng.uniform(0, 0.5), 1 - y_true, y_true)
+             for _ in range(3)]
+    return y_true, preds
+
+
+def fungiclef_case(rng):
+    n = int(rng.integers(1, 200))
+    poisonous = {2, 5}
+
+    def rows(classes):
+        return np.stack([classes, np.isin(classes, list(poisonous)).astype(int)], axis=1)
+
+    y_true = rows(rng.integers(-1, 8, n))  # -1: unknown species
+    preds = [rows(np.where(rng.random(n) < 0.5, y_true[:, 0], rng.integers(-1, 8, n)))
+             for _ in range(3)]
+    return y_true, preds
+
+
+CASES = {"macro_f1": single_label_case, "accuracy": single_label_case,
+         "fishnet_macro_f1": fishnet_case, "fungiclef_reference_score": fungiclef_case}
+
+
+def test_every_count_form_has_a_test_case():
+    with_count_form = {name for name, spec in METRICS.items() if spec.count_form is not None}
+    assert with_count_form == set(CASES), "add a random case for the new count form to CASES"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_count_form_replicates_equal_the_loop_exactly(name):
+    """Every registered count form against the per-replicate loop, bit for bit, plain and
+    within the metric's strata (and within arbitrary strata), for several models at once."""
+    rng = np.random.default_rng(sorted(CASES).index(name))
+    for case in range(8 if name == "fishnet_macro_f1" else 25):  # its loop is slow
+        y_true, preds = CASES[name](rng)
+        strata_options = [None, bootstrap_strata(name, y_true),
+                          rng.integers(0, 4, len(y_true))]
+        for strata in strata_options:
+            kwargs = dict(n_bootstrap=int(rng.integers(1, 60)), seed=case, strata=strata)
+            loop = bootstrap_replicates(get_metric(name), y_true, preds, method="loop", **kwargs)
+            counted = bootstrap_replicates(get_metric(name), y_true, preds, method="counts",
+                                           **kwargs)
+            assert np.array_equal(counted, loop), (name, case, strata)
+            assert np.array_equal(bootstrap_replicates(name, y_true, preds, **kwargs), loop)
+
+
+def test_the_loop_is_the_metric_on_todays_resamples():
+    rng = np.random.default_rng(2)
+    y_true, preds = single_label_case(rng, n_min=50)
+    strata = bootstrap_strata("macro_f1", y_true)
+    idx = todays_resample_indices(len(y_true), 40, 3, strata)
+    expected = [[macro_f1(y_true[r], p[r]) for r in idx] for p in preds]
+    assert np.array_equal(bootstrap_replicates(macro_f1, y_true, preds, n_bootstrap=40, seed=3,
+                                               strata=strata, method="loop"), expected)
+
+
+def test_chunk_size_does_not_change_the_replicates(monkeypatch):
+    rng = np.random.default_rng(3)
+    y_true, preds = single_label_case(rng, n_min=100)
+    strata = bootstrap_strata("macro_f1", y_true)
+    whole = bootstrap_replicates(macro_f1, y_true, preds, n_bootstrap=50, seed=1, strata=strata)
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 1)  # one replicate per chunk
+    assert np.array_equal(bootstrap_replicates(macro_f1, y_true, preds, n_bootstrap=50, seed=1,
+                                               strata=strata), whole)
+
+
+def test_memory_stays_bounded_by_the_chunk(monkeypatch):
+    """A (500, 40000) index matrix would take 160 MB; the chunks take a few MB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    n = 40_000
+    y_true = rng.integers(0, 300, n)
+    y_pred = np.where(rng.random(n) < 0.6, y_true, rng.integers(0, 300, n))
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 2 ** 18)  # 2 MiB per int64 chunk array
+    tracemalloc.start()
+    try:
+        bootstrap_replicates(macro_f1, y_true, [y_pred], n_bootstrap=500, seed=0,
+                             strata=bootstrap_strata("macro_f1", y_true))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB"
+
+
+def test_an_unregistered_score_function_is_looped():
+    calls = []
+
+    def share_right(t, p):
+        calls.append(len(t))
+        return float(np.mean(t == p))
+
+    y_true = np.array([0, 1, 1, 2, 2, 2])
+    y_pred = np.array([0, 1, 2, 2, 2, 0])
+    reps = bootstrap_replicates(share_right, y_true, [y_pred], n_bootstrap=30, seed=2)[0]
+    assert len(calls) == 30  # once per replicate
+    idx = resample_indices(6, 30, 2)
+    assert np.array_equal(reps, [np.mean(y_true[r] == y_pred[r]) for r in idx])
+    with pytest.raises(ValueError, match="count form"):
+        bootstrap_replicates(share_right, y_true, [y_pred], n_bootstrap=5, method="counts")
+
+
+def test_a_new_metric_registers_its_count_form_beside_it(monkeypatch):
+    """register_metric(count_form=...) is all a new metric needs: the bootstrap then counts
+    cells instead of calling the metric, with the same replicates."""
+    monkeypatch.setattr(metrics, "METRICS", dict(metrics.METRICS))
+    calls = []
+
+    def error_rate_form(y_true, y_pred):
+        wrong = (np.asarray(y_true) != np.asarray(y_pred)).astype(np.intp)
+        return metrics.CountForm(wrong, 2, lambda counts: counts[:, 1] / len(wrong))
+
+    @metrics.register_metric("toy_error_rate", "error rate", count_form=error_rate_form)
+    def toy_error_rate(y_true, y_pred):
+        calls.append(1)
+        return float(np.mean(y_true != y_pred))
+
+    rng = np.random.default_rng(5)
+    y_true = rng.integers(0, 5, 80)
+    y_pred = np.where(rng.random(80) < 0.7, y_true, 0)
+    counted = bootstrap_replicates(toy_error_rate, y_true, [y_pred], n_bootstrap=100, seed=0)
+    assert calls == []  # not called per replicate
+    looped = bootstrap_replicates(toy_error_rate, y_true, [y_pred], n_bootstrap=100, seed=0,
+                                  method="loop")
+    assert len(calls) == 100 and np.array_equal(counted, looped)
+
+
+def test_a_tasks_score_counts_as_its_metric_unless_overridden():
+    task = get_task("fungiclef")
+    assert stats.registered_metric(task.score) is metrics.metric_spec(task.metric_name)
+    assert stats.registered_metric("macro_f1") is metrics.metric_spec("macro_f1")
+    assert stats.registered_metric(macro_f1) is metrics.metric_spec("macro_f1")
+
+    class Rescored(type(task)):
+        def score(self, y_true, y_pred):  # another metric: must not be counted as the old one
+            return 0.0
+
+    assert stats.registered_metric(Rescored().score) is None
+    assert stats.registered_metric(lambda t, p: 0.0) is None
+
+
+def test_many_models_share_one_draw_per_chunk(monkeypatch):
+    """best_and_ties scores every model on each chunk of resamples as it is drawn, and its
+    p-values equal the ones computed from the per-replicate loop."""
+    rng = np.random.default_rng(6)
+    n = 300
+    y_true = rng.integers(0, 12, n)
+    preds = {f"m{i}": np.where(rng.random(n) < q, y_true, rng.integers(0, 12, n))
+             for i, q in enumerate([0.9, 0.88, 0.8, 0.6, 0.4, 0.2])}
+    strata = bootstrap_strata("macro_f1", y_true)
+    rows_drawn = []
+    draw = stats._Resampler.draw
+    monkeypatch.setattr(stats._Resampler, "draw",
+                        lambda self, rows: rows_drawn.append(rows) or draw(self, rows))
+    result = best_and_ties(macro_f1, y_true, preds, n_bootstrap=400, seed=0, strata=strata)
+    assert sum(rows_drawn) == 400  # each replicate drawn once, whatever the number of models
+    order = [result.best, *[m for m in preds if m != result.best]]
+    loop = bootstrap_replicates(macro_f1, y_true, [preds[m] for m in order], n_bootstrap=400,
+                                seed=0, strata=strata, method="loop")
+    for i, m in enumerate(order[1:], 1):
+        assert result.p_values[m] == (np.sum(loop[i] >= loop[0]) + 1) / 401
+    assert set(result.ties) >= {"m0"} and "m5" not in result.ties
