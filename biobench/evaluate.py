@@ -31,7 +31,7 @@ import numpy as np
 
 from biobench import config
 from biobench.features import extract_features
-from biobench import probes
+from biobench import metrics, probes
 from biobench.probes import make_probe
 from biobench.progress import stage
 from biobench.stats import bootstrap_ci
@@ -130,6 +130,15 @@ def run_key(model_name: str, task: Task, protocol: str, seed: int = 0, n_train: 
                   probe_params_json(protocol, seed, probe_params))
 
 
+def resampling_description(metric_name: str, strata: np.ndarray | None) -> str:
+    """How the interval's bootstrap resampled test examples, stored next to the interval."""
+    if strata is None:
+        return "plain: test examples drawn with replacement"
+    rule = metrics.metric_spec(metric_name).strata_rule
+    return (f"stratified ({getattr(rule, '__name__', 'task strata')}): test examples drawn with "
+            f"replacement within each of {len(np.unique(strata))} strata")
+
+
 def _open_store(store: ResultsStore | str | Path | None) -> ResultsStore:
     if isinstance(store, ResultsStore):
         return store
@@ -215,9 +224,11 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     prediction = task.fit_predict(probe, train_x, train_y, f_test.x, subset, seed=seed)
     y_pred = np.asarray(prediction.y_pred)
     stage(f"bootstrap interval ({n_bootstrap} resamples)")
+    strata = task.bootstrap_strata(y_true)
     interval = bootstrap_ci(task.score, y_true, y_pred, n_bootstrap=n_bootstrap, level=ci_level,
-                            seed=seed, strata=task.bootstrap_strata(y_true))
+                            seed=seed, strata=strata)
     extra = {"class_names": data.class_names, "ci_contains_estimate": interval.contains_estimate,
+             "bootstrap_resampling": resampling_description(task.metric_name, strata),
              "cross_fitted": task.cross_fitted, "data_fingerprint": state.fingerprint,
              "skipped_files": (f_train.skipped_files if f_train else []) + f_test.skipped_files,
              "metric_extras": task.metric_extras(y_true, y_pred),

@@ -97,10 +97,16 @@ def examples_by_class(examples: Sequence[Example]) -> dict[int, list[Example]]:
     return dict(sorted(groups.items()))
 
 
-def class_name(data: TaskData, label: int) -> str:
-    if 0 <= label < len(data.class_names):
-        return str(data.class_names[label])
+def label_name(class_names: Sequence[str], label: int) -> str:
+    """The name of class id ``label`` in ``class_names``; ``unknown`` for the open-set id -1,
+    ``class <id>`` for an id the list does not cover."""
+    if 0 <= label < len(class_names):
+        return str(class_names[label])
     return "unknown" if label == UNKNOWN_LABEL else f"class {label}"
+
+
+def class_name(data: TaskData, label: int) -> str:
+    return label_name(data.class_names, label)
 
 
 def _describe_extra(value: Any) -> str | None:
