@@ -66,11 +66,11 @@ METRIC_EXTRA_NAMES = {
     "track2_poison_confusion_cost": "Track 2: poisonous/edible confusion cost (PSC)",
     "track3_user_focused_loss": "Track 3: user-focused loss (Track 1 error + PSC)",
     "track4_unknown_cost_error": "Track 4: classification error, unknown species cost 10",
-    "ce": "classification error (CE)",
+    "ce": "classification error (CE, Track 4 costs)",
     "psc": "poisonous/edible confusion cost (PSC)",
     "worst_ce": "worst possible CE",
     "worst_psc": "worst possible PSC",
-    "score": "user-focused score: 1 - (CE + PSC) / (worst CE + worst PSC)",
+    "score": "BioBench's FungiCLEF score: 1 - (Track 4 CE + PSC) / (worst CE + worst PSC)",
 }
 ACRONYMS = {"ce": "CE", "psc": "PSC", "f1": "F1", "map": "mAP", "auc": "AUC", "roc": "ROC",
             "id": "ID", "ood": "OOD", "ci": "CI"}

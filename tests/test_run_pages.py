@@ -50,7 +50,7 @@ def test_layout_follows_label_shape_and_metric():
     traits = np.array([[0, 1, 1], [1, 0, 0]])
     assert runpage.label_kind(traits, "fishnet_macro_f1") == MULTI_LABEL
     open_set = np.array([[3, 0], [-1, 0], [5, 1]])
-    assert runpage.label_kind(open_set, "fungiclef_score") == OPEN_SET
+    assert runpage.label_kind(open_set, "fungiclef_reference_score") == OPEN_SET
     assert runpage.label_kind(open_set, "fungiclef_reference_score") == OPEN_SET
     # two 0/1 columns under another metric are traits, not an open set
     assert runpage.label_kind(np.array([[0, 1], [1, 1]]), "macro_f1") == MULTI_LABEL
@@ -60,7 +60,7 @@ def test_unknown_label_shape_names_the_run():
     with pytest.raises(runpage.UnrenderableRun, match=r"run 7 \(m on t\).*shape \(2, 2\)"):
         view_of([[3, 4], [5, 6]], [[3, 4], [5, 6]], metric="macro_f1")
     with pytest.raises(runpage.UnrenderableRun, match=r"run 7 \(m on t\).*\(n, 2\).*\(2, 3\)"):
-        view_of([[1, 0, 0], [2, 1, 0]], [[1, 0, 0], [2, 1, 0]], metric="fungiclef_score")
+        view_of([[1, 0, 0], [2, 1, 0]], [[1, 0, 0], [2, 1, 0]], metric="fungiclef_reference_score")
     with pytest.raises(runpage.UnrenderableRun, match="force=True"):
         view_of([0, 1], [[0], [1]])
 
@@ -292,7 +292,7 @@ def test_open_set_page_shows_both_confusions_losses_and_species():
     losses = {"track1_classification_error": 0.5, "track2_poison_confusion_cost": 100 / 6}
     extra = {"metric_extras": losses, "n_predicted_unknown": 2, "distance_threshold": 0.8125,
              "unknown_quantile": 0.95}
-    view = view_of(OPEN_TRUE, OPEN_PRED, metric="fungiclef_score", extra=extra,
+    view = view_of(OPEN_TRUE, OPEN_PRED, metric="fungiclef_reference_score", extra=extra,
                    class_names=["Amanita rubescens", "x", "Amanita phalloides", "y", "z",
                                 "Boletus edulis"], score=0.4)
     blocks = runpage.breakdown_blocks(view)
@@ -314,7 +314,7 @@ def test_open_set_page_shows_both_confusions_losses_and_species():
 
 
 def test_open_set_without_stored_extras_says_so():
-    view = view_of(OPEN_TRUE, OPEN_PRED, metric="fungiclef_score")
+    view = view_of(OPEN_TRUE, OPEN_PRED, metric="fungiclef_reference_score")
     assert "called not recorded observations" in runpage.breakdown_prose(view)
     assert tables(runpage.breakdown_blocks(view))[3].empty  # no losses stored: an empty table
 
