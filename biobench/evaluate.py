@@ -88,18 +88,23 @@ def device_description(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-# The modules whose code decides a score, besides the task's own (see ``code_version``).
-SCORING_MODULES = ("biobench.probes", "biobench.metrics", "biobench.stats", "biobench.evaluate")
+# The modules whose code decides every score, besides the task's and the probe's own.
+SCORING_MODULES = ("biobench.metrics", "biobench.stats", "biobench.evaluate")
+
+
+def code_version(task: Task, protocol: str) -> str:
+    """A short hash of the code that turns features into a stored score for ``task`` scored
+    with ``protocol``: the metric, statistics and pipeline modules, and every module along the
+    task's and the probe's class hierarchies (``load``, ``fit_predict``, metric hooks, the
+    probe's ``fit``). Editing any of them makes those stored runs stale, so they are recomputed
+    instead of silently served."""
+    return _source_hash(type(task), type(make_probe(protocol)))
 
 
 @functools.lru_cache(maxsize=None)
-def code_version(task_class: type) -> str:
-    """A short hash of the code that turns features into a stored score for ``task_class``:
-    the probe, metric, statistics and pipeline modules, and every module along the task's class
-    hierarchy (its ``load``, ``fit_predict`` and metric hooks). Editing any of them makes stored
-    runs of that task stale, so they are recomputed instead of silently served."""
+def _source_hash(*classes: type) -> str:
     files = {inspect.getsourcefile(sys.modules[name]) for name in SCORING_MODULES}
-    for cls in task_class.__mro__:
+    for cls in (c for klass in classes for c in klass.__mro__):
         module = sys.modules.get(cls.__module__)
         if module is not None and getattr(module, "__file__", None) and cls.__module__ != "abc":
             files.add(inspect.getsourcefile(module))
@@ -240,7 +245,7 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
         n_train_used=None if task.cross_fitted else len(kept_train), n_test=len(kept_test),
         n_skipped=(f_train.n_skipped if f_train else 0) + f_test.n_skipped,
         versions=package_versions(), git_commit=git_commit(),
-        code_version=code_version(type(task)), device=device_description(device),
+        code_version=code_version(task, protocol), device=device_description(device),
         wall_time_s=time.perf_counter() - started, extra=extra,
     )
     # a stored run of other data or older code (not current) is replaced in one transaction
@@ -286,7 +291,7 @@ def _stored_run_state(store: ResultsStore, key: RunKey, task: Task, data_root: P
     fingerprint = data_fingerprint(task, data)
     current = (stored is not None
                and stored["extra"].get("data_fingerprint") == fingerprint
-               and stored["code_version"] == code_version(type(task)))
+               and stored["code_version"] == code_version(task, key.protocol))
     return StoredRunState(current, data, fingerprint)
 
 

@@ -162,7 +162,7 @@ def _record(model: str, task: str = "synthetic", protocol: str = "simpleshot") -
         return RunRecord(key, "macro_f1", 0.5, 0.4, 0.6)
     spec = get_task(task)
     return RunRecord(run_key(model, spec, protocol), "macro_f1", 0.5, 0.4, 0.6,
-                     code_version=code_version(type(spec)),
+                     code_version=code_version(spec, protocol),
                      extra={"data_fingerprint": data_fingerprint(spec, spec.load())})
 
 

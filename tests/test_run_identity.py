@@ -46,8 +46,8 @@ def test_probe_hyper_parameters_are_part_of_the_run_identity(env):
 def test_a_run_stored_by_other_scoring_code_is_recomputed_and_replaced(env, monkeypatch):
     first = run_evaluation(tiny_backbone(), "synthetic", n_bootstrap=20, **env)
     stored = env["store"].get_run(first.key)
-    assert stored["code_version"] == evaluate.code_version(type(get_task("synthetic")))
-    monkeypatch.setattr(evaluate, "code_version", lambda task_class: "edited-probe-code")
+    assert stored["code_version"] == evaluate.code_version(get_task("synthetic"), "simpleshot")
+    monkeypatch.setattr(evaluate, "code_version", lambda task, protocol: "edited-probe-code")
     bb = tiny_backbone()
     second = run_evaluation(bb, "synthetic", n_bootstrap=20, **env)
     assert not second.reused and bb.net.images_seen == 0  # recomputed from cached features
@@ -55,12 +55,16 @@ def test_a_run_stored_by_other_scoring_code_is_recomputed_and_replaced(env, monk
     assert len(runs) == 1 and runs.iloc[0]["code_version"] == "edited-probe-code"
 
 
-def test_code_version_follows_the_task_module_source(tmp_path):
-    synthetic = type(get_task("synthetic"))
-    beluga = type(get_task("beluga"))
-    # different task modules: different versions; the same class: the same (cached) value
-    assert evaluate.code_version(synthetic) != evaluate.code_version(beluga)
-    assert evaluate.code_version(synthetic) == evaluate.code_version(synthetic)
+def test_code_version_follows_the_task_and_probe_sources(tmp_path):
+    synthetic, beluga = get_task("synthetic"), get_task("beluga")
+    # different task modules: different versions; the same task and probe: the same value
+    assert evaluate.code_version(synthetic, "knn") != evaluate.code_version(beluga, "knn")
+    assert evaluate.code_version(synthetic, "knn") == evaluate.code_version(synthetic, "knn")
+    # the probe's own module is part of it (here both probes live in one module: equal)
+    probe_module = type(make_probe("knn")).__module__
+    same_module = type(make_probe("simpleshot")).__module__ == probe_module
+    assert (evaluate.code_version(synthetic, "simpleshot")
+            == evaluate.code_version(synthetic, "knn")) is same_module
 
 
 def test_changed_image_contents_make_the_stored_run_stale(env):
