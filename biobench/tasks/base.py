@@ -95,6 +95,9 @@ class Task(abc.ABC):
     metric_name: ClassVar[str] = "macro_f1"
     # how features of the images of one Example are combined: "mean" or "max"
     pooling: ClassVar[str] = "mean"
+    # precision of the forward pass on a GPU: "auto" (bf16/fp16 autocast) or "fp32" when a
+    # task's scores need it (see ``biobench.features.resolve_precision``)
+    feature_precision: ClassVar[str] = "auto"
     default_probe: ClassVar[str] = "logreg"
     # the protocols (probe names in ``biobench.probes.PROBES``) this task can be scored with
     protocols: ClassVar[tuple[str, ...]] = ("logreg", "simpleshot", "knn", "linear_svm")

@@ -95,6 +95,7 @@ class FishNet(DownloadedTask):
     citation = ("Khan, F. F. et al. FishNet: A Large-scale Dataset and Benchmark for Fish "
                 "Recognition, Detection, and Functional Trait Prediction. ICCV 2023.")
     metric_name = "fishnet_macro_f1"
+    feature_precision = "fp32"  # the reference extracted FishNet features in fp32
     default_probe = "logreg"
     group = "benchmark"
     remote_files = (
