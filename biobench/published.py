@@ -352,7 +352,9 @@ def refresh_store(store: ResultsStore, *, timeout: float = FETCH_TIMEOUT_S) -> P
     n_runs = len(published.results)
     if not is_imported(store, published):
         import_published(store, published)
-    message = (f"Published BioBench leaderboard read from {published.origin} "
+    # a page shows where the file came from without the build machine's absolute path
+    shown = published.origin if "://" in published.origin else Path(published.origin).name
+    message = (f"Published BioBench leaderboard read from {shown} "
                f"(sha256 {published.sha256[:12]}…) and imported into the results store. "
                + " ".join(published.notes))
     return PublishedStatus(True, message.strip(), n_runs, published.origin)
