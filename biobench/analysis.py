@@ -496,7 +496,7 @@ def leaderboard(runs: pd.DataFrame, models: pd.DataFrame, tasks: Sequence[str], 
 
 _SORT_SCRIPT = """
 (function () {
-  var table = document.getElementById("%s");
+  var table = document.getElementById("%(id)s");
   if (!table) { return; }
   var heads = table.tHead.rows[0].cells;
   Array.prototype.forEach.call(heads, function (th, col) {
@@ -516,19 +516,43 @@ _SORT_SCRIPT = """
       rows.forEach(function (r) { body.appendChild(r); });
     });
   });
+  var toggle = document.getElementById("%(id)s-details");
+  if (toggle) {
+    toggle.addEventListener("click", function () {
+      var shown = table.classList.toggle("show-details");
+      toggle.textContent = shown ? "Hide model details" : "Show model details (%(details)s)";
+      toggle.setAttribute("aria-expanded", shown ? "true" : "false");
+    });
+  }
 })();
 """
 
+# Layout: the model column stays put while the scores scroll sideways, headers wrap instead of
+# widening their column, and the model details are collapsed, so that a 784 px content column
+# shows the model name next to several task scores on load.
 _TABLE_STYLE = """
-#%(id)s { border-collapse: collapse; font-size: 0.8em; white-space: nowrap; }
-#%(id)s th { cursor: pointer; position: sticky; top: 0; background: #f4f4f4; padding: 2px 6px; }
+#%(id)s { border-collapse: separate; border-spacing: 0; font-size: 0.8em; }
+#%(id)s th { cursor: pointer; position: sticky; top: 0; z-index: 2; background: #f4f4f4;
+  padding: 2px 5px; vertical-align: bottom; white-space: normal; min-width: 3.8em;
+  max-width: 7em; line-height: 1.15; }
+#%(id)s th:first-child, #%(id)s td:first-child { position: sticky; left: 0;
+  border-right: 1px solid #ccc; }
+#%(id)s th:first-child { z-index: 3; min-width: 9em; }
+#%(id)s td:first-child { z-index: 1; background: #fff; white-space: normal; min-width: 9em;
+  max-width: 13em; }
 #%(id)s th[data-dir="desc"]::after { content: " \\25BC"; }
 #%(id)s th[data-dir="asc"]::after { content: " \\25B2"; }
-#%(id)s td { padding: 1px 6px; text-align: right; border-top: 1px solid #e4e4e4; }
+#%(id)s td { padding: 1px 5px; text-align: right; border-top: 1px solid #e4e4e4;
+  white-space: nowrap; }
 #%(id)s td.text { text-align: left; }
 #%(id)s td.tie { font-weight: bold; background: #e8f3e8; }
-#%(id)s small { color: #666; }
+#%(id)s .optional { display: none; }
+#%(id)s.show-details .optional { display: table-cell; }
+#%(id)s small { color: #666; font-weight: normal; }
 """
+
+TIE_MARK = "≈"  # "tied with the task's best"
+BEST_MARK = "★"  # the task's best
 
 
 def _number_cell(value, fmt: str, scale: float = 1.0, **kwargs) -> str:
@@ -546,46 +570,94 @@ def _cell(value, shown: str, *, text: bool = False, cls: str = "", title: str = 
     return f"<td{attrs}>{'–' if missing else shown}</td>"
 
 
+def _head(label: str, *, text: bool = False, kind: str = "", cls: str = "", title: str = "") -> str:
+    attrs = ' data-type="text"' if text else ""
+    attrs += f' data-kind="{kind}"' if kind else ""
+    attrs += f' class="{cls}"' if cls else ""
+    attrs += f' title="{html.escape(title)}"' if title else ""
+    return f"<th{attrs}>{html.escape(label)}</th>"
+
+
+def best_in_column(scores: pd.Series, ties: pd.Series) -> object | None:
+    """The task's best model: the highest score among the models marked tied with the best
+    (every marked set includes its best); the highest score overall when nothing is marked."""
+    pool = scores[ties.reindex(scores.index).fillna(False).astype(bool)].dropna()
+    pool = pool if len(pool) else scores.dropna()
+    return pool.idxmax() if len(pool) else None
+
+
+def score_cell_text(score: float, low: float, high: float, *, mark: str = "") -> str:
+    """``82.1`` over ``79.0–85.3`` (percent, one decimal, as the prose rounds) with a tie mark."""
+    shown = f"{mark}\u2009{100 * score:.1f}" if mark else f"{100 * score:.1f}"
+    if pd.isna(low) or pd.isna(high):
+        return shown
+    return f"{shown}<br><small>{100 * low:.1f}–{100 * high:.1f}</small>"
+
+
 def leaderboard_html(table: pd.DataFrame, tasks: Sequence[str], *,
                      task_labels: dict[str, str] | None = None,
                      mean_labels: dict[str, str] | None = None,
-                     table_id: str = "leaderboard") -> str:
+                     table_id: str = "leaderboard",
+                     imagenet_label: str | None = "ImageNet-1K top-1",
+                     imagenet_definition: str = "") -> str:
     """A self-contained sortable HTML table (inline CSS and JS, no network) of ``leaderboard``.
 
-    Scores show in percent with the interval below; models tied with the task's best are bold
-    on a green ground. Click a header to sort; blanks always sort last.
+    Scores show in percent with one decimal and the 95 % interval on a second line; the task's
+    best is marked ★ and the models tied with it ≈ (bold on a green ground). The model column
+    stays visible while the scores scroll sideways; family, parameters and resolution are
+    collapsed behind a "Show model details" button. ``imagenet_label`` names the models table's
+    ImageNet figure (``imagenet_top1``) and ``imagenet_definition`` says what it is (the header's
+    tooltip); pass ``imagenet_label=None`` when ImageNet-1K is already one of ``tasks`` (as on
+    the published leaderboard, where both would be the same linear-probe accuracy). Click a
+    header to sort; blanks always sort last.
     """
     task_labels = task_labels or {}
     mean_labels = mean_labels or {"mean_paper": "Mean (9 paper tasks)",
                                   "mean_with_ecdysis": "Mean (10 tasks, with Ecdysis)"}
     means = [m for m in mean_labels if m in table.columns]
-    heads = [("Model", True), ("Family", True), ("Params (M)", False), ("Resolution", False),
-             ("ImageNet-1K top-1", False)]
-    heads += [(mean_labels[m], False) for m in means]
-    heads += [(task_labels.get(t, t), False) for t in tasks]
-    text_type = ' data-type="text"'
-    head_html = "".join(f"<th{text_type if is_text else ''}>{html.escape(label)}</th>"
-                        for label, is_text in heads)
+    details = ["family", "parameters", "resolution"]
+    heads = [_head("Model", text=True),
+             _head("Family", text=True, cls="optional"),
+             _head("Params (M)", cls="optional", title="parameters, millions"),
+             _head("Resolution (px)", cls="optional", title="input resolution, pixels")]
+    if imagenet_label is not None:
+        heads.append(_head(imagenet_label, kind="imagenet", title=imagenet_definition))
+    heads += [_head(mean_labels[m], kind="mean") for m in means]
+    heads += [_head(task_labels.get(t, t), kind="task") for t in tasks]
+    best = {t: best_in_column(table[t], table[f"{t}_tie"]) for t in tasks}
     body = []
     for model, row in table.iterrows():
         display = row.get("display") if isinstance(row.get("display"), str) else str(model)
         cells = [
             _cell(display, html.escape(display), text=True, title=str(model)),
-            _cell(row.get("family"), html.escape(str(row.get("family"))), text=True),
-            _number_cell(row.get("params"), ",.0f", 1e-6),
-            _number_cell(row.get("resolution"), ".0f"),
-            _number_cell(row.get("imagenet_top1"), ".1f", 100),
+            _cell(row.get("family"), html.escape(str(row.get("family"))), text=True, cls="optional"),
+            _number_cell(row.get("params"), ",.0f", 1e-6, cls="optional"),
+            _number_cell(row.get("resolution"), ".0f", cls="optional"),
         ]
+        if imagenet_label is not None:
+            cells.append(_number_cell(row.get("imagenet_top1"), ".1f", 100))
         cells += [_number_cell(row[m], ".1f", 100) for m in means]
         for t in tasks:
             score, low, high, tie = row[t], row[f"{t}_low"], row[f"{t}_high"], bool(row[f"{t}_tie"])
-            interval = "" if pd.isna(low) else f"<br><small>{100 * low:.1f}–{100 * high:.1f}</small>"
-            cells.append(_cell(score, f"{100 * score:.1f}{interval}" if not pd.isna(score) else "",
-                               cls="tie" if tie else "",
-                               title="tied with the best" if tie else ""))
+            is_best = model == best[t]
+            mark = BEST_MARK if is_best else TIE_MARK if tie else ""
+            title = "the task's best" if is_best else "tied with the task's best" if tie else ""
+            if not pd.isna(low):
+                title = f"{title}; " if title else ""
+                title += f"95 % interval {100 * low:.1f}–{100 * high:.1f}"
+            cells.append(_cell(score, score_cell_text(score, low, high, mark=mark)
+                               if not pd.isna(score) else "",
+                               cls="tie" if tie else "", title=title))
         body.append(f"<tr>{''.join(cells)}</tr>")
     style = _TABLE_STYLE % {"id": table_id}
-    return (f'<style>{style}</style><div style="overflow-x: auto; max-height: 40em;">'
-            f'<table id="{table_id}"><thead><tr>{head_html}</tr></thead>'
+    script = _SORT_SCRIPT % {"id": table_id, "details": ", ".join(details)}
+    button = (f'<button type="button" id="{table_id}-details" aria-expanded="false" '
+              f'style="font-size: 0.8em; margin: 0 0 0.4em 0;">Show model details '
+              f'({", ".join(details)})</button>')
+    legend = (f'<p style="font-size: 0.8em; margin: 0 0 0.3em 0;">Percent, 95 % interval below; '
+              f'{BEST_MARK} best on the task, {TIE_MARK} tied with the best.</p>')
+    return (f"<style>{style}</style>{legend}{button}"
+            f'<div style="overflow: auto; max-height: 40em;">'
+            f'<table id="{table_id}"><thead><tr>{"".join(heads)}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>'
-            f"<script>{_SORT_SCRIPT % table_id}</script>")
+            f"<script>{script}</script>")

@@ -5,6 +5,11 @@ task's class attributes or from its data on disk, so nothing is typed twice. Whe
 not on this machine the cell shows a note naming the command that fetches it, and returns at
 once: nothing is loaded or drawn. Nothing here writes to stderr (a strict book build turns
 stderr into a failure): no progress bars, no warnings.
+
+A second cell, ``show_published_scores("<name>")``, shows what the published leaderboard says
+about the task (spread, Spearman ρ with the ImageNet-1K linear probe, the top models with their
+intervals) and glues those numbers for the chapter's prose; without the file it shows a note.
+Pages print the default data folder as ``$BIOBENCH_DATA/<name>``, never the build machine's path.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import io
 import re
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
 
     from matplotlib.figure import Figure
 
+    from biobench.published import Published
     from biobench.tasks import Example
 
 GROUP_LABELS = {
@@ -44,6 +51,27 @@ ROW_LABEL_CHARS = 28
 
 
 # ---- facts --------------------------------------------------------------------------------
+DATA_FOLDER_VARIABLE = "$BIOBENCH_DATA"
+
+
+def shown_data_folder(task: Task, root: Path | None = None) -> str:
+    """Where the task's data lives, as a page may print it: ``$BIOBENCH_DATA/<name>`` for the
+    default location (a built site must not carry the build machine's paths), the folder itself
+    when the caller named one."""
+    return str(root) if root is not None else f"{DATA_FOLDER_VARIABLE}/{task.name}"
+
+
+def portable_text(text: str, task: Task, root: Path | None = None) -> str:
+    """``text`` with the default data folder of ``task`` (and the data root above it) replaced
+    by ``$BIOBENCH_DATA``: error messages name absolute paths, pages must not."""
+    if root is not None:
+        return text
+    from biobench import config
+
+    text = text.replace(str(task.data_path()), shown_data_folder(task))
+    return text.replace(str(config.data_dir()), DATA_FOLDER_VARIABLE)
+
+
 def _as_task(task: str | Task) -> Task:
     return get_task(task) if isinstance(task, str) else task
 
@@ -76,7 +104,7 @@ def task_facts(task: str | Task, root: Path | None = None) -> dict[str, str]:
         "metric": f"{METRIC_LABELS.get(task.metric_name, task.metric_name)} ({task.metric_name})",
         "default probe": probe_summary(task.default_probe),
         "pooling (examples of several images)": task.pooling,
-        "data folder": str(task.data_path(root)),
+        "data folder": shown_data_folder(task, root),
         "data on this machine": "yes" if task.is_present(root) else "no",
         "download": download_command(task),
         "citation": task.citation,
@@ -249,6 +277,232 @@ def example_grid(task: str | Task, per_class: int = 4, max_classes: int = 8, see
     return fig
 
 
+# ---- facts from the datasets' documentation --------------------------------------------------
+# Sizes and class counts as the datasets document them (BioBench task specification, reference
+# code at commit 6376d97, and each dataset's own documentation). "≈" counts come from an earlier
+# draft of the BioBench paper. These let a chapter inform when the data is not on the machine;
+# the counts from the data on disk, when present, are shown separately.
+DOCUMENTED_SOURCE = ("BioBench task specification (reference code at commit 6376d97) and each "
+                     "dataset's documentation; ≈ marks counts from an earlier draft of the paper")
+DOCUMENTED_SIZES: dict[str, dict[str, str]] = {
+    "beluga": {"split": "one split, every image scored leave-one-out",
+               "classes": "individual whales, from the annotations"},
+    "ecdysis": {"split": "per-label temporal 80 / 20 (earliest specimens train)",
+                "classes": "from the collection's metadata"},
+    "fishnet": {"training images": "≈75,631", "test images": "≈18,901",
+                "classes": "9 binary functional traits (multi-label)"},
+    "fungiclef": {"training images": "≈295,938 (DF20)",
+                  "test images": "≈60,832 (DF21, scored per observation)",
+                  "classes": "1,604 known species + unknown (open set)"},
+    "herbarium19": {"training images": "34,225", "test images": "2,679 (validation set)",
+                    "classes": "683 species"},
+    "iwildcam": {"split": "WILDS train / out-of-distribution test", "classes": "182 species"},
+    "kabr": {"split": "official train / validation clips", "classes": "8 behaviours"},
+    "mammalnet": {"split": "composition train / test clips", "classes": "12 behaviours"},
+    "plankton": {"training images": "≈63,074 (2020 lab set)",
+                 "test images": "≈151,236 (Utö 2021)", "classes": "from the class folders"},
+    "plantnet": {"training images": "≈243,916", "test images": "≈31,118 (validation)",
+                 "classes": "1,081 species"},
+    "imagenet1k": {"training images": "1.28 M", "test images": "50 K (validation)",
+                   "classes": "1,000"},
+    "inat21": {"training images": "500 K (train_mini)", "test images": "100 K (validation)",
+               "classes": "10,000 species"},
+    "newt": {"split": "official per-task train / test", "classes": "164 binary tasks"},
+}
+
+
+def documented_sizes(task: str | Task) -> dict[str, str] | None:
+    """The documented sizes of a task (``None`` for a task with no documented entry: the
+    offline tasks, whose data the build always has, and a user's own task)."""
+    return DOCUMENTED_SIZES.get(_as_task(task).name)
+
+
+# ---- the published scores of one task ------------------------------------------------------
+TOP_MODELS = 5
+
+
+@dataclass(frozen=True)
+class PublishedTaskScores:
+    """What the published leaderboard says about one task (scores as fractions).
+
+    ``top``: the best ``TOP_MODELS`` models (model, display, family, score, low, high, tie,
+    best), ``tie`` and ``best`` as the file marks them.
+    ``imagenet``: ``biobench.analysis.association`` between the published ImageNet-1K
+    linear-probe accuracy and this task's score over the models that have both, or ``None``
+    for ImageNet-1K itself.
+    """
+
+    task: str
+    display: str
+    metric: str
+    n_models: int
+    lowest: float
+    median: float
+    highest: float
+    n_tied: int
+    n_outside: int
+    median_shift_pt: float  # median of bootstrap_mean - mean, percentage points
+    top: pd.DataFrame
+    imagenet: dict[str, float] | None
+
+
+def published_task_scores(task: str | Task, published: "Published",
+                          top_n: int = TOP_MODELS) -> PublishedTaskScores | None:
+    """The task's row of the published leaderboard, summarised; ``None`` when the file does
+    not score the task (the offline tasks, a user's own task)."""
+    from biobench.analysis import association, ci_excludes_estimate
+
+    name = _as_task(task).name
+    results = published.results
+    rows = results[results["task"] == name].dropna(subset=["mean"])
+    if rows.empty:
+        return None
+    from biobench.analysis import display_names
+
+    info = published.models.set_index("model")
+    names = display_names(info)  # one model at several resolutions gets "@<px>" appended
+    ties = {m for t, m in published.ties_with_best() if t == name}
+    best = published.bests.set_index("task")["best"].get(name)
+    ranked = rows.sort_values("mean", ascending=False)
+    top = pd.DataFrame({
+        "model": ranked["model"].to_numpy(),
+        "display": ranked["model"].map(names).fillna(ranked["model"]).to_numpy(),
+        "family": ranked["model"].map(info["family"]).to_numpy(),
+        "score": ranked["mean"].to_numpy(), "low": ranked["ci_low"].to_numpy(),
+        "high": ranked["ci_high"].to_numpy(),
+        "tie": ranked["model"].isin(ties).to_numpy(),
+        "best": (ranked["model"] == best).to_numpy(),
+    }).head(top_n)
+    imagenet = None
+    if name != published_imagenet_task():
+        x = results[results["task"] == published_imagenet_task()].set_index("model")["mean"]
+        both = rows.set_index("model")["mean"].to_frame("y").join(x.rename("x"), how="inner")
+        imagenet = association(both["x"].to_numpy(), both["y"].to_numpy()) if len(both) > 2 else None
+    outside = ci_excludes_estimate(rows["mean"], rows["ci_low"], rows["ci_high"])
+    display = published.task_display.get(name, name)
+    from biobench.published import PUBLISHED_METRICS
+
+    metric = PUBLISHED_METRICS.get(name, "")
+    return PublishedTaskScores(
+        task=name, display=display, metric=METRIC_LABELS.get(metric, metric),
+        n_models=len(rows), lowest=float(rows["mean"].min()), median=float(rows["mean"].median()),
+        highest=float(rows["mean"].max()), n_tied=len(ties), n_outside=int(np.sum(outside)),
+        median_shift_pt=float(100 * (rows["bootstrap_mean"] - rows["mean"]).median()),
+        top=top, imagenet=imagenet)
+
+
+def published_imagenet_task() -> str:
+    from biobench.published import IMAGENET_TASK
+
+    return IMAGENET_TASK
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def published_scores_table(scores: PublishedTaskScores) -> pd.DataFrame:
+    """The top models as a table a reader can scan: rank, model, family, score [interval]."""
+    from biobench.analysis import BEST_MARK, TIE_MARK
+
+    marks = [BEST_MARK if best else TIE_MARK if tie else ""
+             for best, tie in zip(scores.top["best"], scores.top["tie"])]
+    return pd.DataFrame({
+        "model": scores.top["display"].to_numpy(),
+        "family": scores.top["family"].to_numpy(),
+        f"{scores.metric} (%), 95 % interval": [
+            f"{mark + ' ' if mark else ''}{_pct(s)} [{_pct(lo)}, {_pct(hi)}]"
+            for mark, s, lo, hi in zip(marks, scores.top["score"], scores.top["low"],
+                                       scores.top["high"])],
+    }, index=pd.RangeIndex(1, len(scores.top) + 1, name="rank"))
+
+
+def published_scores_glue(scores: PublishedTaskScores | None) -> dict[str, str]:
+    """The numbers a chapter's prose may quote, as text (``published_*`` glue keys); a note in
+    place of each number when the file does not score the task or is not available."""
+    keys = ("n_models", "lowest", "median", "highest", "r2", "spearman", "n_outside", "n_tied",
+            "median_shift")
+    if scores is None:
+        return {f"published_{k}": "(published scores not available)" for k in keys}
+    imagenet = scores.imagenet or {}
+    return {
+        "published_n_models": str(scores.n_models),
+        "published_lowest": f"{_pct(scores.lowest)} %",
+        "published_median": f"{_pct(scores.median)} %",
+        "published_highest": f"{_pct(scores.highest)} %",
+        "published_r2": f"{imagenet['r2']:.3f}" if imagenet else "(not applicable)",
+        "published_spearman": f"{imagenet['spearman']:.2f}" if imagenet else "(not applicable)",
+        "published_n_outside": str(scores.n_outside),
+        "published_n_tied": str(scores.n_tied),
+        "published_median_shift": f"{scores.median_shift_pt:+.1f}".replace("-", "−"),
+    }
+
+
+def published_scores_prose(scores: PublishedTaskScores) -> str:
+    """One paragraph: the spread of the published scores and how ImageNet rank relates."""
+    text = (f"The published leaderboard scores **{scores.n_models} models** on this task "
+            f"({scores.metric}, percent): from {_pct(scores.lowest)} to {_pct(scores.highest)}, "
+            f"median {_pct(scores.median)}. The file counts {scores.n_tied} model(s) as tied "
+            f"with the task's best, the best included (★ best, ≈ tied, in the table below). ")
+    if scores.imagenet:
+        rho, r2, n = scores.imagenet["spearman"], scores.imagenet["r2"], int(scores.imagenet["n"])
+        strength = ("strongly" if abs(rho) >= 0.7 else "moderately" if abs(rho) >= 0.4
+                    else "weakly" if abs(rho) >= 0.2 else "hardly")
+        text += (f"Across the {n} models that also have an ImageNet-1K linear-probe accuracy, "
+                 f"the ImageNet ranking {strength} predicts the ranking here: Spearman "
+                 f"ρ = {rho:.2f}, R² = {r2:.3f}. ")
+    text += (f"{scores.n_outside} of the {scores.n_models} published intervals exclude their "
+             "own point estimate (see the published-leaderboard pages on why).")
+    return text
+
+
+class PublishedMissingNote:
+    """The published leaderboard is not available on the machine that built the page."""
+
+    text = ("The published BioBench leaderboard file was not available when this page was "
+            "built, so it shows no published scores. Set BIOBENCH_PUBLISHED_RESULTS to a copy "
+            "of the file (or run `biobench published` with network access) and rebuild.")
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        return ('<div class="admonition note"><p class="admonition-title">Published scores not '
+                "available</p><p>The published BioBench leaderboard file was not available when "
+                "this page was built, so it shows no published scores. Set "
+                "<code>BIOBENCH_PUBLISHED_RESULTS</code> to a copy of the file (or run "
+                "<code>biobench published</code> with network access) and rebuild.</p></div>")
+
+
+def load_published_quietly() -> "Published | None":
+    """The published leaderboard, or ``None`` when it is not available (never raises)."""
+    from biobench.published import PublishedSchemaError, PublishedUnavailable, load_published
+
+    try:
+        return load_published()
+    except (PublishedUnavailable, PublishedSchemaError):
+        return None
+
+
+def published_outputs(task: str | Task, published: "Published | None") -> tuple[list, dict[str, str]]:
+    """What the chapter shows under "Published scores", and the glue texts for its prose."""
+    from IPython.display import Markdown
+
+    task = _as_task(task)
+    if published is None:
+        return [PublishedMissingNote()], published_scores_glue(None)
+    scores = published_task_scores(task, published)
+    if scores is None:
+        return ([Markdown("The published BioBench leaderboard does not score this task: it is "
+                          "one of this book's own tasks, scored on the leaderboard of our runs "
+                          "(Analysis of our runs).")],
+                published_scores_glue(None))
+    return ([Markdown(published_scores_prose(scores)),
+             Markdown(f"**The top {len(scores.top)} published models** on {scores.display}:"),
+             published_scores_table(scores)],
+            published_scores_glue(scores))
+
+
 # ---- what a page shows ----------------------------------------------------------------------
 def _code_html(hint: str) -> str:
     """A download hint as HTML: `quoted` parts become code, a bare command is code as a whole."""
@@ -320,12 +574,15 @@ def task_page_outputs(task: str | Task, *, root: Path | None = None, per_class: 
     facts = task_facts(task, root)
     facts.pop("citation")
     outputs: list = [_table(facts)]
+    documented = documented_sizes(task)
+    if documented:
+        outputs += [Markdown(f"**Sizes as documented** ({DOCUMENTED_SOURCE}):"), _table(documented)]
     try:
         task.check_present(root)
         data = task.load(root)
     except TaskDataMissing as exc:
         # the note shows the command on its own line; keep only what is missing from the message
-        reason = str(exc).split(". Get it with:")[0]
+        reason = portable_text(str(exc).split(". Get it with:")[0], task, root)
         return outputs + [DataMissingNote(task, reason)]
     outputs += [Markdown("**The data on this machine**, as the task loads it:"),
                 _table(data_sizes(task, root, data))]
@@ -357,6 +614,25 @@ def show_task(task: str | Task, *, root: Path | None = None, per_class: int = 4,
         display(Markdown(task.citation))
     else:
         glue("citation", Markdown(task.citation), display=False)
+
+
+def show_published_scores(task: str | Task, published: "Published | None | str" = "load") -> None:
+    """Display what the published leaderboard says about the task (or a note that the file is
+    not available) and glue the ``published_*`` texts that the chapter's prose quotes."""
+    from IPython.display import display
+
+    task = _as_task(task)
+    if isinstance(published, str):  # "load": read the file named by BIOBENCH_PUBLISHED_RESULTS
+        published = load_published_quietly()
+    outputs, texts = published_outputs(task, published)
+    for output in outputs:
+        display(output)
+    try:
+        from myst_nb import glue
+    except ImportError:  # outside a Jupyter Book build there is no prose to fill in
+        return
+    for key, value in texts.items():
+        glue(key, value, display=False)
 
 
 # ---- the part's summary table ---------------------------------------------------------------

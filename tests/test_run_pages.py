@@ -278,7 +278,7 @@ def test_known_unknown_and_poison_confusions_by_hand():
 def test_metric_extras_get_readable_names_whatever_the_keys():
     table = runpage.metric_extras_table(
         {"ce": 0.25, "worst_psc": 17.5, "track2_ood_f1": 0.4, "detail": {"n_wrong": 3}})
-    assert table.loc["classification error (CE)", "value"] == 0.25
+    assert table.loc["classification error (CE, Track 4 costs)", "value"] == 0.25
     assert table.loc["worst possible PSC", "stored as"] == "worst_psc"
     assert table.loc["track2 OOD F1", "value"] == 0.4
     assert table.loc["detail: n wrong", "stored as"] == "detail.n_wrong"

@@ -4,15 +4,19 @@ grid on real (generated) images, and one page per registered task that calls ``s
 from __future__ import annotations
 
 import ast
+import json
+import re
 import warnings
 from pathlib import Path
 
 import jupytext
 import nbclient
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats
 
-from biobench import taskpage
+from biobench import published, taskpage
 from biobench.images import load_image
 from biobench.metrics import METRIC_LABELS
 from biobench.probes import KNNProbe
@@ -83,7 +87,9 @@ def test_missing_data_gives_a_note_naming_the_command_and_no_figure(monkeypatch,
     root = tmp_path / "absent"
     outputs = taskpage.task_page_outputs(task, root=root)
 
-    assert [type(o).__name__ for o in outputs] == ["DataFrame", "DataMissingNote"]
+    # the facts, the documented sizes (a caption and a table), then the note
+    assert [type(o).__name__ for o in outputs] == ["DataFrame", "Markdown", "DataFrame",
+                                                   "DataMissingNote"]
     note = outputs[-1]
     assert "biobench download beluga" in note.text and str(root) in note.text
     assert "<code>biobench download beluga</code>" in note._repr_html_()
@@ -328,6 +334,7 @@ def test_index_page_builds_its_table_from_code():
 
 def test_a_page_executes_cleanly_without_its_data(tmp_path, monkeypatch):
     monkeypatch.setenv("BIOBENCH_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("BIOBENCH_PUBLISHED_RESULTS", str(tmp_path / "no_published.json"))
     notebook = jupytext.read(PAGES / "kabr.md")
     nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT)}}).execute()
@@ -335,5 +342,141 @@ def test_a_page_executes_cleanly_without_its_data(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.get("name") == "stderr" or o.output_type == "error"]
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "biobench download kabr" in html and "admonition note" in html
+    assert "Published scores not available" in html
+    assert str(tmp_path) not in json.dumps([dict(o) for o in outputs])  # no machine path
+    assert "$BIOBENCH_DATA/kabr" in html
     glued = [o.metadata.get("scrapbook", {}).get("name") for o in outputs if "metadata" in o]
     assert "citation" in glued
+    assert set(taskpage.published_scores_glue(None)) <= set(glued)
+
+
+# ---- no machine paths ---------------------------------------------------------------------
+def test_default_data_folder_is_shown_as_the_variable_not_the_machine_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("BIOBENCH_DATA", str(tmp_path / "data"))
+    facts = taskpage.task_facts("beluga")
+    assert facts["data folder"] == "$BIOBENCH_DATA/beluga"
+    note = taskpage.task_page_outputs("beluga")[-1]
+    assert isinstance(note, taskpage.DataMissingNote)
+    assert "$BIOBENCH_DATA/beluga" in note.text and "$BIOBENCH_DATA/beluga" in note._repr_html_()
+    assert str(tmp_path) not in note.text + note._repr_html_()
+
+
+def test_portable_text_leaves_an_explicit_folder_alone(tmp_path):
+    task = get_task("beluga")
+    message = f"data not found at {tmp_path}"
+    assert taskpage.portable_text(message, task, root=tmp_path) == message
+
+
+# ---- documented sizes ---------------------------------------------------------------------
+def test_every_downloaded_book_task_has_documented_sizes_and_offline_ones_none():
+    downloaded = [n for g in ("benchmark", "prior_work") for n in list_tasks(g)]
+    assert downloaded and all(taskpage.documented_sizes(n) for n in downloaded)
+    assert set(taskpage.DOCUMENTED_SIZES) == set(downloaded)  # no entry for an unknown task
+    assert all(taskpage.documented_sizes(n) is None for n in list_tasks("offline"))
+    # each entry says how the task is split and what its classes are
+    for name, sizes in taskpage.DOCUMENTED_SIZES.items():
+        assert "classes" in sizes and ({"split"} & set(sizes) or {"training images", "test images"} <= set(sizes)), name
+
+
+# ---- published scores of one task ---------------------------------------------------------
+def _tiny_published() -> published.Published:
+    """Five models on Beluga and ImageNet-1K, numbers chosen so every summary can be checked."""
+    models = [{"ckpt": f"m{i}", "display": "Same name" if i in (3, 4) else f"Model {i}",
+               "family": "cv4ecology" if i == 0 else "CNN", "resolution": 224 + 32 * i,
+               "params": 1e6 * (i + 1), "release_ms": 0} for i in range(5)]
+    beluga = [0.30, 0.25, 0.20, 0.10, 0.05]
+    imagenet = [0.70, 0.80, 0.60, 0.75, 0.50]
+    results = []
+    for i, (b, x) in enumerate(zip(beluga, imagenet)):
+        # model 1's interval excludes its own estimate; the others contain it
+        low, high = (b + 0.01, b + 0.03) if i == 1 else (b - 0.02, b + 0.02)
+        results.append({"task": "beluga", "model": f"m{i}", "mean": b, "bootstrap_mean": b - 0.01,
+                        "ci_low": low, "ci_high": high})
+        results.append({"task": "imagenet1k", "model": f"m{i}", "mean": x, "bootstrap_mean": x,
+                        "ci_low": x - 0.01, "ci_high": x + 0.01})
+    raw = {"meta": {}, "models": models,
+           "benchmark_tasks": [{"name": "beluga", "display": "Beluga"}],
+           "prior_work_tasks": [{"name": "imagenet1k", "display": "ImageNet-1K"}],
+           "results": results,
+           "bests": [{"task": "beluga", "best": "m0", "ties": ["m0", "m1"]},
+                     {"task": "imagenet1k", "best": "m1", "ties": ["m1"]}]}
+    return published.parse_published(raw, origin="tiny")
+
+
+def test_published_task_scores_match_hand_computed_values():
+    scores = taskpage.published_task_scores("beluga", _tiny_published(), top_n=3)
+    assert scores.n_models == 5 and scores.n_tied == 2 and scores.n_outside == 1
+    assert (scores.lowest, scores.median, scores.highest) == pytest.approx((0.05, 0.20, 0.30))
+    assert scores.median_shift_pt == pytest.approx(-1.0)
+    assert list(scores.top["model"]) == ["m0", "m1", "m2"]  # best first, cut at top_n
+    assert list(scores.top["best"]) == [True, False, False]
+    assert list(scores.top["tie"]) == [True, True, False]
+    # the association against an independent reference: scipy's Spearman and Pearson
+    x, y = [0.70, 0.80, 0.60, 0.75, 0.50], [0.30, 0.25, 0.20, 0.10, 0.05]
+    assert scores.imagenet["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert scores.imagenet["r2"] == pytest.approx(stats.pearsonr(x, y).statistic ** 2)
+    assert scores.imagenet["n"] == 5
+
+
+def test_published_scores_table_marks_best_and_ties_and_names_duplicates_apart():
+    pub = _tiny_published()
+    table = taskpage.published_scores_table(taskpage.published_task_scores("beluga", pub))
+    column = "macro-F1 (%), 95 % interval"
+    assert list(table[column][:3]) == ["★ 30.0 [28.0, 32.0]", "≈ 25.0 [26.0, 28.0]",
+                                       "20.0 [18.0, 22.0]"]
+    assert table["model"].is_unique  # "Same name" twice becomes two labels
+    assert table.index[0] == 1 and table.index.name == "rank"
+
+
+def test_imagenet_itself_gets_no_association_and_unscored_tasks_none():
+    pub = _tiny_published()
+    assert taskpage.published_task_scores("imagenet1k", pub).imagenet is None
+    assert taskpage.published_task_scores("kabr", pub) is None
+    texts = taskpage.published_scores_glue(taskpage.published_task_scores("imagenet1k", pub))
+    assert texts["published_r2"] == "(not applicable)"
+
+
+def test_glue_texts_are_the_same_keys_with_or_without_the_file():
+    pub = _tiny_published()
+    with_file = taskpage.published_scores_glue(taskpage.published_task_scores("beluga", pub))
+    without = taskpage.published_scores_glue(None)
+    assert set(with_file) == set(without)
+    assert with_file["published_lowest"] == "5.0 %" and with_file["published_n_outside"] == "1"
+    assert with_file["published_median_shift"] == "−1.0"
+    assert all("nan" not in v.lower() and "none" not in v.lower() for v in with_file.values())
+
+
+def test_missing_file_gives_a_note_and_no_numbers():
+    outputs, texts = taskpage.published_outputs("beluga", None)
+    assert [type(o).__name__ for o in outputs] == ["PublishedMissingNote"]
+    assert "BIOBENCH_PUBLISHED_RESULTS" in outputs[0]._repr_html_()
+    assert not any(re.search(r"\d", v) for v in texts.values())
+
+
+def test_chapters_show_their_published_scores_and_quote_only_glued_keys():
+    known = set(taskpage.published_scores_glue(None))
+    for path in sorted(PAGES.glob("*.md")):
+        if path.stem == "index":
+            continue
+        shows = [args for name, args, _ in page_calls(path) if name == "show_published_scores"]
+        assert shows == [[path.stem]], f"{path.name} should call show_published_scores once"
+        quoted = set(re.findall(r"\{glue:text\}`(published_\w+)`", path.read_text()))
+        assert quoted <= known, f"{path.name} quotes unknown glue keys {quoted - known}"
+
+
+PUBLISHED_FILE = ROOT.parent / "shared" / "reference" / "biobench_results.json"
+
+
+@pytest.mark.skipif(not PUBLISHED_FILE.is_file(), reason="the published leaderboard file is not here")
+def test_real_file_beluga_summary_matches_the_raw_json():
+    raw = json.loads(PUBLISHED_FILE.read_text())
+    rows = pd.DataFrame(raw["results"])
+    beluga = rows[rows["task"] == "beluga"].set_index("model")["mean"]
+    imagenet = rows[rows["task"] == "imagenet1k"].set_index("model")["mean"]
+    both = pd.concat([beluga, imagenet], axis=1, join="inner")
+    scores = taskpage.published_task_scores("beluga", published.load_published(PUBLISHED_FILE))
+    assert scores.n_models == len(beluga)
+    assert scores.highest == pytest.approx(beluga.max())
+    assert scores.top["model"].iloc[0] == beluga.idxmax()
+    assert scores.imagenet["spearman"] == pytest.approx(
+        stats.spearmanr(both.iloc[:, 1], both.iloc[:, 0]).statistic)
