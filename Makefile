@@ -29,7 +29,7 @@ endif
 # pip on this machine repeats a harmless "WARNING: Location ... is ignored" per package.
 QUIET_PIP := { grep -v 'WARNING: Location' || true; }
 
-.PHONY: book test env assets grid html published chromium benchmark clean
+.PHONY: book test env assets grid mathjax html published chromium benchmark clean
 
 book: env assets grid html
 
@@ -50,7 +50,15 @@ grid: env
 published: env
 	$(BIOBENCH) published
 
-html: env
+# MathJax for an offline site: the pages' math must render with no network, so MathJax 3 is
+# copied out of the django-static-mathjax wheel (a pyproject dependency; it is plain static
+# files) into a build folder that _config.yml names in html_static_path.
+MATHJAX_STATIC := _build/static/mathjax
+mathjax: env
+	rm -rf $(MATHJAX_STATIC) && mkdir -p $(MATHJAX_STATIC)
+	cp -r "$$($(PY) -c 'import mathjax, pathlib; print(pathlib.Path(mathjax.__file__).parent / "static" / "mathjax" / "es5")')" $(MATHJAX_STATIC)/es5
+
+html: env mathjax
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
 chromium:
@@ -66,3 +74,26 @@ benchmark: env assets
 
 clean:
 	rm -rf _build book/runs
+
+# ---- Slurm: a real single-node cluster on this machine (scripts/slurm-cluster.sh, as root) ----
+# `biobench grid CONFIG --executor slurm` on it, its tests, and the overhead benchmark. The
+# cluster stays up after these targets; `make slurm-stop` stops its daemons by their PIDs.
+SLURM_CLUSTER := scripts/slurm-cluster.sh
+WITH_SLURM := eval "$$($(SLURM_CLUSTER) env)" &&
+.PHONY: slurm-start slurm-stop slurm-status test-slurm benchmark-slurm
+
+slurm-start:
+	$(SLURM_CLUSTER) install
+	$(SLURM_CLUSTER) start
+
+slurm-stop:
+	$(SLURM_CLUSTER) stop
+
+slurm-status:
+	$(SLURM_CLUSTER) status
+
+test-slurm: env slurm-start
+	$(WITH_SLURM) $(PY) -m pytest tests/test_slurm.py
+
+benchmark-slurm: env assets slurm-start
+	$(WITH_SLURM) $(PY) benchmarks/slurm_overhead.py

@@ -12,6 +12,8 @@ A grid file names models x tasks (x seeds) and the protocol::
     n_bootstrap = 1000      # optional
 
     [probe_params]          # optional: the probe's hyper-parameters, e.g. k = 10 for knn
+    [slurm]                 # optional: options of --executor slurm (biobench.executors.SLURM_KEYS)
+    [local]                 # optional: options of --executor local (biobench.executors.LOCAL_KEYS)
 
 Each cell executes ``notebooks/evaluate.md`` into ``book/runs/<task>/<model>.ipynb``. A cell is
 skipped when its notebook exists, was made from the current template, and its run is in the
@@ -22,6 +24,11 @@ looks finished. The data of the grid's offline tasks (small, from the package re
 downloaded when missing. Afterwards ``biobench.book`` rewrites the run part of ``_toc.yml`` and
 one index page per task from the pages on disk, and drops the book's execution cache if the
 store's own runs changed.
+
+``executor`` chooses where the runs are computed: ``inline`` (above, the default), or ``local``
+worker processes and ``slurm`` jobs (``biobench.executors``): there the runs are computed by
+jobs, imported into the store, and only then are the pages executed, each reading its run back
+from the store.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from biobench.names import safe_name
 from biobench.progress import progress_bar, stage
 
 GRID_KEYS = {"models", "tasks", "seeds", "protocol", "probe_params", "n_train", "n_bootstrap",
-             "description"}
+             "description", "slurm", "local"}
 # tags that hide a cell on the rendered page (myst-nb)
 HIDDEN_CELL_TAGS = ("parameters", "injected-parameters")
 
@@ -50,7 +57,12 @@ class GridError(ValueError):
 
 
 class GridFailed(RuntimeError):
-    """Some cells failed; the others finished. The message names each failed model and task."""
+    """Some cells failed; the others finished. The message names each failed model and task;
+    ``report`` (a ``GridReport``) says what happened to every cell."""
+
+    def __init__(self, message: str, report: GridReport | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 # ---- the grid ------------------------------------------------------------------------------
@@ -87,6 +99,9 @@ class Grid:
     description: str = ""
     source: str = "<grid>"  # the file it came from, for messages
     probe_params: tuple[tuple[str, Any], ...] = ()
+    # options of the local and Slurm executors, as sorted (name, value) pairs
+    slurm: tuple[tuple[str, Any], ...] = ()
+    local: tuple[tuple[str, Any], ...] = ()
 
     def cells(self) -> list[GridCell]:
         """Task-major, then model, then seed: the order of the table of contents."""
@@ -128,9 +143,18 @@ def parse_grid(data: dict[str, Any], source: str = "<grid>", *, check_names: boo
         raise GridError(f"{source}: 'probe_params' must be a table, e.g. [probe_params] k = 10")
     if check_names:  # own tasks by path: absolute, so every page resolves them the same way
         tasks = tuple(_absolute_task_path(t) for t in tasks)
+    executor_tables = {}
+    for kind in ("slurm", "local"):
+        if kind in data:  # raises ExecutorError, a GridError naming the file and the option
+            from biobench.executors import check_table
+
+            executor_tables[kind] = tuple(sorted(
+                (k, _hashable(v) if not isinstance(v, dict) else tuple(sorted(v.items())))
+                for k, v in check_table(kind, data[kind], source).items()))
     grid = Grid(models, tasks, seeds, data.get("protocol"), data.get("n_train", -1),
                 data.get("n_bootstrap", 1000), data.get("description", ""), source,
-                tuple(sorted((k, _hashable(v)) for k, v in probe_params.items())))
+                tuple(sorted((k, _hashable(v)) for k, v in probe_params.items())),
+                **executor_tables)
     if check_names:
         _check_registered(grid)
     return grid
@@ -243,9 +267,14 @@ def _describe_failure(cell: GridCell, err: Exception) -> str:
 
 @dataclass
 class GridReport:
-    executed: list[GridCell] = field(default_factory=list)
-    skipped: list[GridCell] = field(default_factory=list)
+    executed: list[GridCell] = field(default_factory=list)  # pages executed
+    skipped: list[GridCell] = field(default_factory=list)  # done before: nothing to do
     failed: list[tuple[GridCell, str]] = field(default_factory=list)
+    # local and Slurm executors only
+    computed: list[GridCell] = field(default_factory=list)  # runs computed by jobs this time
+    pending: list[GridCell] = field(default_factory=list)  # in jobs still queued (no wait)
+    jobs: list[str] = field(default_factory=list)  # jobs submitted this time
+    attached: list[str] = field(default_factory=list)  # earlier jobs waited for
 
 
 def fetch_missing_offline_data(grid: Grid, progress: bool = True) -> list[str]:
@@ -276,9 +305,6 @@ def cell_is_done(cell: GridCell, runs_dir: Path, store, digest: str | None = Non
     the run is read back."""
     import json
 
-    from biobench.evaluate import run_key, stored_run_is_current
-    from biobench.tasks import get_task
-
     page = cell.notebook_path(runs_dir)
     if not page.is_file():
         return False
@@ -289,22 +315,41 @@ def cell_is_done(cell: GridCell, runs_dir: Path, store, digest: str | None = Non
             return False
         if made_from != digest:
             return False
-    task = get_task(cell.task)
-    key = run_key(cell.model, task, cell.protocol or task.default_probe, cell.seed,
-                  cell.n_train, dict(cell.probe_params))
     # a stored run of changed data or older scoring code is not done: its page must be re-made
-    return stored_run_is_current(store, key, task)
+    return run_is_current(cell, store)
+
+
+def cell_key(cell: GridCell):
+    """The run identity of a cell (``biobench.evaluate.run_key``): what the store keys it by."""
+    from biobench.evaluate import run_key
+    from biobench.tasks import get_task
+
+    task = get_task(cell.task)
+    return run_key(cell.model, task, cell.protocol or task.default_probe, cell.seed,
+                   cell.n_train, dict(cell.probe_params))
+
+
+def run_is_current(cell: GridCell, store) -> bool:
+    """The cell's run is in ``store``, made by the current scoring code from the current data."""
+    from biobench.evaluate import stored_run_is_current
+    from biobench.tasks import get_task
+
+    return stored_run_is_current(store, cell_key(cell), get_task(cell.task))
 
 
 def run_grid(grid: Grid, *, root: Path | None = None, template: Path | None = None,
              runs_dir: Path | None = None, toc_path: Path | None = None,
              store_path: Path | None = None, build_dir: Path | None = None,
              force: bool = False, kernel_name: str | None = None,
-             progress: bool = True) -> GridReport:
+             progress: bool = True, executor: Any = "inline", profile: Path | None = None,
+             workers: int | None = None, wait: bool = True, **executor_kwargs) -> GridReport:
     """Execute every cell not yet done, then regenerate the run pages' table of contents.
 
-    Raises ``GridFailed`` after all cells were tried if any failed; the cells that succeeded
-    stay done, and the table of contents lists only pages that exist.
+    ``executor``: ``"inline"`` (each page computes its run), ``"local"`` or ``"slurm"`` (jobs
+    compute the runs, see ``biobench.executors``; ``profile``, ``workers`` and ``wait`` apply to
+    them), or a ``biobench.executors.Backend``. Raises ``GridFailed`` after all cells were tried
+    if any failed; the cells that succeeded stay done, and the table of contents lists only
+    pages that exist.
     """
     import jupytext
 
@@ -324,17 +369,40 @@ def run_grid(grid: Grid, *, root: Path | None = None, template: Path | None = No
 
     report = GridReport()
     cells = grid.cells()
+    # page-only mode: the runs of these cells come from jobs; their pages read the store
+    render_only = executor != "inline"
+    recomputed: set[GridCell] = set()
+    if render_only:
+        from biobench import executors
+
+        computed = executors.compute_cells(
+            grid, cells, store, store_path, executor, force=force, profile=profile,
+            workers=workers, wait=wait, progress=progress, **executor_kwargs)
+        report.computed, report.pending = computed.computed, computed.pending
+        report.jobs, report.attached = computed.jobs, computed.attached
+        report.failed.extend(computed.failed)
+        recomputed = set(computed.computed)
+        no_run = {c for c, _ in computed.failed} | set(computed.pending)
+        cells = [c for c in cells if c not in no_run]
     bar = progress_bar(len(cells), "grid", "notebook", enabled=progress, iterable=cells)
     for cell in bar:
         bar.set_postfix_str(f"{cell.task} / {cell.model}")
         if progress:
             stage(f"grid cell {cell.task} / {cell.model} (seed {cell.seed})")
-        if not force and cell_is_done(cell, runs_dir, store, digest):
+        redo = cell in recomputed if render_only else force
+        if not redo and cell_is_done(cell, runs_dir, store, digest):
             report.skipped.append(cell)
             continue
+        if render_only and not run_is_current(cell, store):
+            # a page would compute the run itself; with jobs, only jobs compute runs
+            report.failed.append((cell, f"model '{cell.model}' on task '{cell.task}' (seed "
+                                        f"{cell.seed}): no current run in the store after its "
+                                        "job; run the grid again"))
+            continue
         try:
+            # with jobs, the page only reads the stored run back: never force it to recompute
             execute_cell(cell, template_nb, cell.notebook_path(runs_dir), store_path, root,
-                         kernel_name, force=force)
+                         kernel_name, force=force and not render_only)
             report.executed.append(cell)
         except Exception as err:  # keep going: one broken model must not block the others
             report.failed.append((cell, _describe_failure(cell, err)))
@@ -347,6 +415,8 @@ def run_grid(grid: Grid, *, root: Path | None = None, template: Path | None = No
     drop_stale_book_cache(store, build_dir)
     if report.failed:
         lines = "\n".join(f"  - {msg}" for _, msg in report.failed)
-        raise GridFailed(f"{len(report.failed)} of {len(cells)} grid cell(s) failed "
-                         f"(partial notebooks kept as <model>.failed.ipynb in {runs_dir}):\n{lines}")
+        n_cells = len(grid.cells())
+        raise GridFailed(f"{len(report.failed)} of {n_cells} grid cell(s) failed "
+                         f"(a page that failed is kept as <model>.failed.ipynb in "
+                         f"{runs_dir}):\n{lines}", report)
     return report
