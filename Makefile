@@ -55,8 +55,7 @@ published: env
 # files) into a build folder that _config.yml names in html_static_path.
 MATHJAX_STATIC := _build/static/mathjax
 mathjax: env
-	rm -rf $(MATHJAX_STATIC) && mkdir -p $(MATHJAX_STATIC)
-	cp -r "$$($(PY) -c 'import mathjax, pathlib; print(pathlib.Path(mathjax.__file__).parent / "static" / "mathjax" / "es5")')" $(MATHJAX_STATIC)/es5
+	$(PY) scripts/copy_mathjax.py $(MATHJAX_STATIC)
 
 html: env mathjax
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
