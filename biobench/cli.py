@@ -42,6 +42,8 @@ model names (MODEL):
                              beside the file, else the architecture's published one)
   open_clip:hf-hub:ORG/REPO  an open_clip model on the hub, e.g. open_clip:hf-hub:imageomics/bioclip
   <scheme>:ARCH@random       seeded random initialisation (a baseline), e.g. timm:resnet50@random
+  interp:ALPHA:BASE|FINETUNED  weights (1-ALPHA)*BASE + ALPHA*FINETUNED of one architecture
+                             (WiSE-FT); quote it: 'interp:0.5:mobilenet_v2|mobilenet_v2@ft.safetensors'
 
 task names (TASK):
   NAME                       a registered task: `biobench list tasks`
@@ -423,12 +425,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean 'the user can fix this': printed as one line, exit status 2.
     Imported when an error happens, so the modules stay unimported on the fast path."""
     from biobench.assets import AssetChecksumError, AssetUnavailable
-    from biobench.backbones import UnknownModel
+    from biobench.backbones import UnknownModel, WeightsMismatch
     from biobench.download import DownloadError
     from biobench.tasks import TaskDataMissing, UnknownTask, UnsupportedProtocol
     from biobench.tasks.folder import OwnTaskError
 
-    errors = [UsageError, TaskDataMissing, UnknownTask, UnknownModel, UnsupportedProtocol,
+    errors = [UsageError, TaskDataMissing, UnknownTask, UnknownModel, WeightsMismatch,
+              UnsupportedProtocol,
               OwnTaskError, DownloadError, AssetUnavailable, AssetChecksumError]
     if "biobench.images" in sys.modules:  # only raised once images were read
         errors.append(sys.modules["biobench.images"].UnreadableImage)

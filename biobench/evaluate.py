@@ -166,7 +166,9 @@ def model_record(info) -> ModelRecord:
     return ModelRecord(source="own", model=info.name, display=info.display, family=info.family,
                        params=info.params, resolution=info.resolution,
                        imagenet_top1=info.imagenet_top1, imagenet_source=info.imagenet_source,
-                       extra={"loader": info.loader, "pretrained": info.pretrained})
+                       extra={"loader": info.loader, "pretrained": info.pretrained,
+                              # an interpolated model's parents and alpha
+                              **getattr(info, "provenance", {})})
 
 
 def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed: int = 0,
