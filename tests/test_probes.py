@@ -47,7 +47,8 @@ def test_logistic_probe_matches_gridsearch_reference(data):
     # scikit-learn's "f1_macro" equals biobench's macro-F1 here: stratified folds put every
     # class in every validation fold, so "true labels" and "true or predicted labels" agree
     ref = GridSearchCV(
-        make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=probe.max_iter, tol=probe.tol,
+                                                           class_weight="balanced",
                                                            random_state=0)),
         {"logisticregression__C": list(DEFAULT_C_GRID)}, scoring="f1_macro",
         cv=StratifiedKFold(5, shuffle=True, random_state=0),
@@ -69,15 +70,16 @@ def test_c_is_chosen_on_biobench_macro_f1_of_each_fold_by_hand():
     classes = np.unique(y)
     weights = dict(zip(classes, compute_class_weight("balanced", classes=classes, y=y)))
     by_hand = np.array([
-        [macro_f1(y[val], LogisticRegression(C=C, class_weight=weights, max_iter=2000)
+        [macro_f1(y[val], LogisticRegression(C=C, class_weight=weights, max_iter=probe.max_iter,
+                                             tol=probe.tol)
                   .fit(Xs[fit], y[fit]).predict(Xs[val])) for C in grid]
         for fit, val in StratifiedKFold(3, shuffle=True, random_state=0).split(Xs, y)])
     np.testing.assert_allclose(probe.cv_fold_scores_, by_hand, rtol=0, atol=1e-12)
     np.testing.assert_allclose(probe.cv_scores_, by_hand.mean(axis=0), rtol=0, atol=1e-12)
     assert probe.C_ == grid[int(np.argmax(by_hand.mean(axis=0)))]
     # the final model is a plain refit on everything with that C
-    refit = LogisticRegression(C=probe.C_, class_weight="balanced", max_iter=2000,
-                               random_state=0).fit(Xs, y)
+    refit = LogisticRegression(C=probe.C_, class_weight="balanced", max_iter=probe.max_iter,
+                               tol=probe.tol, random_state=0).fit(Xs, y)
     np.testing.assert_allclose(probe.model_.coef_, refit.coef_)
 
 
@@ -218,7 +220,7 @@ def test_knn_blocks_and_vote_match_brute_force(monkeypatch):
     Xtr = rng.integers(0, 3, (40, 3)).astype(float) + 0.5
     ytr = rng.choice(np.array(["a", "b", "c"]), 40)
     Xte = rng.integers(0, 3, (25, 3)).astype(float) + 0.5
-    monkeypatch.setattr(probes, "KNN_BLOCK_ELEMENTS", 7 * 40)  # four blocks of test rows
+    monkeypatch.setattr(probes, "DISTANCE_BLOCK_ELEMENTS", 7 * 40)  # four blocks of test rows
     ours = KNNProbe(k=4).fit(Xtr, ytr).predict(Xte)
     # brute force, one row at a time: cosine, ties in similarity by training index, then the
     # documented vote
@@ -236,13 +238,14 @@ def test_knn_uses_every_example_when_k_exceeds_the_training_set():
 
 # ---- registry and run identity --------------------------------------------------------------
 def test_make_probe_unknown_lists_valid():
-    with pytest.raises(KeyError, match="knn, linear_svm, logreg, simpleshot"):
+    with pytest.raises(KeyError, match="knn, linear_head, linear_svm, logreg, simpleshot, "
+                                       "torch_logreg"):
         make_probe("svm")
 
 
 def test_make_probe_unknown_parameter_names_probe_and_valid_parameters():
     with pytest.raises(ValueError, match=r"'knn' \(KNNProbe\) has no parameter.*'n_neighbors'.*"
-                                         r"Valid parameters: k, random_state"):
+                                         r"Valid parameters: device, k, random_state"):
         make_probe("knn", n_neighbors=3)
     with pytest.raises(ValueError, match="'seed' is now 'random_state'"):
         make_probe("logreg", seed=1)
