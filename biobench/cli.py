@@ -121,19 +121,25 @@ def _probe_params(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
 
 # ---- commands -----------------------------------------------------------------------------
 def _cmd_run(args) -> int:
-    from biobench.backbones import model_info
     from biobench.tasks import get_task
 
+    from biobench.backbones import model_info
+    from biobench.zeroshot.run import ZERO_SHOT, check_model_name, model_kind
+
     # Every name and option is checked before torch and the model libraries are imported.
-    model_info(args.model)
+    if model_kind(args.model) == "contrastive":
+        model_info(args.model)  # an unknown name first: it says nothing about the task
     task = get_task(args.task)
     protocol = args.protocol or task.default_probe
     _check_protocol_name(protocol)
+    check_model_name(args.model, protocol)
     task.check_protocol(protocol)
     if task.cross_fitted and args.n_train != -1:
         raise UsageError(f"task '{task.name}' predicts every example from the others "
                          f"(cross-fitting): --n-train does not apply; leave it out")
     probe_params = _probe_params(args.probe_param)
+    if probe_params and protocol == ZERO_SHOT:
+        raise UsageError("--probe-param: the zero_shot protocol fits no probe")
     if probe_params:
         from biobench.probes import make_probe
 
@@ -163,11 +169,12 @@ def _check_protocol_name(protocol: str) -> None:
     """An unknown probe name, with a suggestion; the task then checks it supports the probe."""
     from biobench.tasks import Task
 
-    known = set(Task.protocols)  # every probe name; reading them needs no scikit-learn import
+    # every probe name, and zero_shot; reading them needs no scikit-learn import
+    known = set(Task.protocols) | {"zero_shot"}
     if protocol not in known:
         from biobench.probes import PROBES
 
-        known = set(PROBES)
+        known = set(PROBES) | {"zero_shot"}
     if protocol not in known:
         close = difflib.get_close_matches(protocol, sorted(known), n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -209,9 +216,11 @@ def _cmd_list(args) -> int:
         rows = []
         for name in list_tasks():
             task = get_task(name)
-            path = task.data_path(args.data_dir / name if args.data_dir else None)
+            # the default folder's name under DIR (μ-Bench's tasks share one folder)
+            path = task.data_path(args.data_dir / task.data_path().name if args.data_dir else None)
             rows.append({"task": name, "group": task.group, "title": task.display,
-                         "metric": task.metric_name, "present": task.is_present(path),
+                         "metric": task.metric_name, "protocols": ", ".join(task.protocols),
+                         "present": task.is_present(path),
                          "data": str(path)})
     _print_table(rows)
     return 0
@@ -238,6 +247,16 @@ def _cmd_results(args) -> int:
 def _cmd_download(args) -> int:
     from biobench.tasks import get_task
 
+    if args.task == "ubench":  # one dataset behind all μ-Bench tasks
+        from biobench import config
+        from biobench.tasks.ubench import DATA_FOLDER_NAME
+        from biobench.ubench.data import download_ubench
+
+        dest = Path(args.data_root) if args.data_root else config.data_dir() / DATA_FOLDER_NAME
+        stage(f"download μ-Bench (jnirschl/uBench) into {dest}")
+        path = download_ubench(dest, endpoint=args.mirror)
+        print(f"μ-Bench is ready in {path}", flush=True)
+        return 0
     task = get_task(args.task)
     stage(f"download {task.name} into {task.data_path(args.data_root)}")
     path = task.download(args.data_root, mirror=args.mirror)
@@ -430,9 +449,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from biobench.tasks import TaskDataMissing, UnknownTask, UnsupportedProtocol
     from biobench.tasks.folder import OwnTaskError
 
+    from biobench.zeroshot.run import UnsuitableModel
+
     errors = [UsageError, TaskDataMissing, UnknownTask, UnknownModel, WeightsMismatch,
+              UnsuitableModel,
               UnsupportedProtocol,
               OwnTaskError, DownloadError, AssetUnavailable, AssetChecksumError]
+    if "biobench.zeroshot.chat" in sys.modules:  # a chat endpoint refused or kept failing
+        chat = sys.modules["biobench.zeroshot.chat"]
+        errors += [chat.ChatRequestError, chat.ChatFailed]
     if "biobench.images" in sys.modules:  # only raised once images were read
         errors.append(sys.modules["biobench.images"].UnreadableImage)
     return tuple(errors)

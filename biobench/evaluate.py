@@ -92,18 +92,35 @@ def device_description(device: str) -> str:
 SCORING_MODULES = ("biobench.metrics", "biobench.stats", "biobench.evaluate")
 
 
+# The zero-shot protocol's modules: they decide its scores as the probe's decides a probe run's.
+ZERO_SHOT = "zero_shot"
+ZERO_SHOT_MODULES = ("biobench.zeroshot.base", "biobench.zeroshot.contrastive",
+                     "biobench.zeroshot.adapters", "biobench.zeroshot.templates",
+                     "biobench.zeroshot.run", "biobench.zeroshot.generative",
+                     "biobench.zeroshot.baseline")
+
+
 def code_version(task: Task, protocol: str) -> str:
     """A short hash of the code that turns features into a stored score for ``task`` scored
     with ``protocol``: the metric, statistics and pipeline modules, and every module along the
     task's and the probe's class hierarchies (``load``, ``fit_predict``, metric hooks, the
     probe's ``fit``). Editing any of them makes those stored runs stale, so they are recomputed
-    instead of silently served."""
+    instead of silently served. ``zero_shot`` hashes the zero-shot modules instead of a probe."""
+    if protocol == ZERO_SHOT:
+        return _source_hash(type(task), modules=ZERO_SHOT_MODULES)
     return _source_hash(type(task), type(make_probe(protocol)))
 
 
 @functools.lru_cache(maxsize=None)
-def _source_hash(*classes: type) -> str:
+def _source_hash(*classes: type, modules: tuple[str, ...] = ()) -> str:
+    import importlib
+
     files = {inspect.getsourcefile(sys.modules[name]) for name in SCORING_MODULES}
+    for name in modules:  # modules that may not be imported yet (the zero-shot ones)
+        try:
+            files.add(inspect.getsourcefile(importlib.import_module(name)))
+        except ImportError:  # an optional module that is absent decides nothing
+            continue
     for cls in (c for klass in classes for c in klass.__mro__):
         module = sys.modules.get(cls.__module__)
         if module is not None and getattr(module, "__file__", None) and cls.__module__ != "abc":
@@ -116,14 +133,19 @@ def _source_hash(*classes: type) -> str:
 
 
 def build_probe(protocol: str, seed: int, probe_params: Mapping[str, Any] | None = None):
-    """The protocol's probe with the run's seed and any user hyper-parameters."""
+    """The protocol's probe with the run's seed and any user hyper-parameters (None for
+    ``zero_shot``, which fits nothing)."""
+    if protocol == ZERO_SHOT:
+        return None
     return make_probe(protocol, random_state=seed, **dict(probe_params or {}))
 
 
 def probe_params_json(protocol: str, seed: int = 0,
                       probe_params: Mapping[str, Any] | None = None) -> str:
     """The probe's full hyper-parameters (defaults included, ``random_state`` = the seed) as
-    canonical JSON: the form a run's identity stores."""
+    canonical JSON: the form a run's identity stores. ``zero_shot``: its options as given."""
+    if protocol == ZERO_SHOT:
+        return canonical_json(dict(probe_params or {}))
     return canonical_json(probes.probe_params(build_probe(protocol, seed, probe_params)))
 
 
@@ -180,17 +202,26 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
                    ci_level: float = 0.95, device: str = "cpu", cache: bool = True) -> RunResult:
     """Evaluate ``model`` (a registry name or a Backbone) on ``task`` and store the run.
 
-    ``probe_params`` sets the protocol's probe hyper-parameters (e.g. ``{"k": 10}`` for knn);
+    ``probe_params`` sets the protocol's probe hyper-parameters (e.g. ``{"k": 10}`` for knn;
+    for ``zero_shot``, the generative answerer's options, e.g. ``{"endpoint": ...}``);
     ``force`` recomputes even when a current run is stored (the cached features are reused).
     """
-    from biobench.backbones import create_backbone, model_info
+    from biobench.backbones import create_backbone
 
     task = get_task(task) if isinstance(task, str) else task
     protocol = protocol or task.default_probe
     task.check_protocol(protocol)  # before any data is read or model built
-    model_name = model if isinstance(model, str) else model.info.name
+    model_name = model if isinstance(model, str) else getattr(model, "info", model).name
     if isinstance(model, str):
-        model_info(model_name)  # an unknown name fails now, before any data is read
+        from biobench.zeroshot.run import check_model_name
+
+        # an unknown name fails now, before any data is read; chat:/random only zero-shot
+        check_model_name(model_name, protocol)
+    elif protocol == ZERO_SHOT and not _is_contrastive_model(model):
+        raise TypeError(f"zero_shot needs a model name or a ContrastiveModel; got a "
+                        f"{type(model).__name__} ('{model_name}') without a text tower")
+    if protocol == ZERO_SHOT and n_train != -1:
+        raise ValueError(f"zero_shot trains nothing; n_train={n_train} does not apply: use -1")
     if task.cross_fitted and n_train != -1:
         raise ValueError(f"task '{task.name}' predicts every example from the others "
                          f"(cross-fitting); n_train={n_train} does not apply: use -1")
@@ -205,6 +236,11 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
               f"{store.run_id(key)}); reading it back")
         return _from_store(store, key)
     data = state.data
+    if protocol == ZERO_SHOT:
+        return _run_zero_shot(model, task, data, key, store, state.fingerprint, started,
+                              probe_params=probe_params, n_bootstrap=n_bootstrap,
+                              ci_level=ci_level, seed=seed, batch_size=batch_size, device=device,
+                              cache=cache, skip_unreadable=skip_unreadable)
     train = subsample_train(data.train, n_train, seed)
     stage(f"building model {model_name}")
     backbone = create_backbone(model_name, device=device) if isinstance(model, str) else model
@@ -231,36 +267,72 @@ def run_evaluation(model, task: str | Task, *, protocol: str | None = None, seed
     subset = TaskData(kept_train, kept_test, data.class_names, data.extra)
     prediction = task.fit_predict(probe, train_x, train_y, f_test.x, subset, seed=seed)
     y_pred = np.asarray(prediction.y_pred)
+    return _score_and_store(
+        task, key, store, data, [ex.id for ex in kept_test], y_true, y_pred,
+        info=info, fingerprint=state.fingerprint, started=started,
+        n_train_used=None if task.cross_fitted else len(kept_train),
+        n_skipped=(f_train.n_skipped if f_train else 0) + f_test.n_skipped,
+        skipped_files=(f_train.skipped_files if f_train else []) + f_test.skipped_files,
+        # task-specific figures the protocol measured (re-ID top-k, open-set threshold, ...)
+        extra={"feature_precision": f_test.precision, "feature_batch_size": f_test.batch_size,
+               **prediction.extra},
+        n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed, device=device)
+
+
+def _score_and_store(task: Task, key: RunKey, store: ResultsStore, data: TaskData,
+                     example_ids: list[str], y_true: np.ndarray, y_pred: np.ndarray, *, info,
+                     fingerprint: str | None, started: float, n_train_used: int | None,
+                     n_skipped: int, skipped_files: list[str], extra: dict[str, Any],
+                     n_bootstrap: int, ci_level: float, seed: int, device: str) -> RunResult:
+    """The task's metric with its bootstrap interval, stored as the run of ``key`` (replacing
+    a stored run of other data or older code in one transaction): every protocol ends here."""
     stage(f"bootstrap interval ({n_bootstrap} resamples)")
     strata = task.bootstrap_strata(y_true)
     interval = bootstrap_ci(task.score, y_true, y_pred, n_bootstrap=n_bootstrap, level=ci_level,
                             seed=seed, strata=strata)
     extra = {"class_names": data.class_names, "ci_contains_estimate": interval.contains_estimate,
              "bootstrap_resampling": resampling_description(task.metric_name, strata),
-             "cross_fitted": task.cross_fitted, "data_fingerprint": state.fingerprint,
-             "skipped_files": (f_train.skipped_files if f_train else []) + f_test.skipped_files,
-             "metric_extras": task.metric_extras(y_true, y_pred),
-             "feature_precision": f_test.precision, "feature_batch_size": f_test.batch_size,
-             # task-specific figures the protocol measured (re-ID top-k, open-set threshold, ...)
-             **prediction.extra}
+             "cross_fitted": task.cross_fitted, "data_fingerprint": fingerprint,
+             "skipped_files": skipped_files,
+             "metric_extras": task.metric_extras(y_true, y_pred), **extra}
     record = RunRecord(
         key=key, metric=task.metric_name, score=interval.estimate, ci_low=interval.low,
         ci_high=interval.high, ci_level=ci_level, n_bootstrap=n_bootstrap,
-        n_train_used=None if task.cross_fitted else len(kept_train), n_test=len(kept_test),
-        n_skipped=(f_train.n_skipped if f_train else 0) + f_test.n_skipped,
+        n_train_used=n_train_used, n_test=len(example_ids), n_skipped=n_skipped,
         versions=package_versions(), git_commit=git_commit(),
-        code_version=code_version(task, protocol), device=device_description(device),
+        code_version=code_version(task, key.protocol), device=device_description(device),
         wall_time_s=time.perf_counter() - started, extra=extra,
     )
-    # a stored run of other data or older code (not current) is replaced in one transaction
-    run_id = store.save_run(record, zip([ex.id for ex in kept_test], y_true, y_pred),
-                            replace=True)
+    run_id = store.save_run(record, zip(example_ids, y_true, y_pred), replace=True)
     store.save_models([model_record(info)])
-    stage(f"{model_name} on {task.name}: {task.metric_name} = {interval.estimate:.4f} "
+    stage(f"{key.model} on {task.name}: {task.metric_name} = {interval.estimate:.4f} "
           f"[{interval.low:.4f}, {interval.high:.4f}], stored as run {run_id}")
     return RunResult(run_id, key, record.metric, record.score, record.ci_low, record.ci_high,
                      record.n_train_used, record.n_test, record.n_skipped,
-                     [ex.id for ex in kept_test], y_true, y_pred, reused=False, extra=extra)
+                     list(example_ids), y_true, y_pred, reused=False, extra=extra)
+
+
+def _is_contrastive_model(model) -> bool:
+    from biobench.zeroshot.adapters import ContrastiveModel
+
+    return isinstance(model, ContrastiveModel)
+
+
+def _run_zero_shot(model, task: Task, data: TaskData, key: RunKey, store: ResultsStore,
+                   fingerprint: str | None, started: float, *, probe_params, n_bootstrap: int,
+                   ci_level: float, seed: int, batch_size: int | None, device: str, cache: bool,
+                   skip_unreadable: bool) -> RunResult:
+    """The zero_shot branch of ``run_evaluation``: questions answered instead of a probe fitted;
+    the interval, the extras and the store as for every run."""
+    from biobench.zeroshot.run import answer_task
+
+    outcome = answer_task(model, task, data, device=device, batch_size=batch_size, cache=cache,
+                          skip_unreadable=skip_unreadable, options=probe_params)
+    return _score_and_store(
+        task, key, store, data, list(outcome.example_ids), outcome.y_true, outcome.y_pred,
+        info=outcome.info, fingerprint=fingerprint, started=started, n_train_used=0,
+        n_skipped=outcome.n_skipped, skipped_files=outcome.skipped_files, extra=outcome.extra,
+        n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed, device=device)
 
 
 def stored_run_is_current(store: ResultsStore, key: RunKey, task: Task,

@@ -195,9 +195,15 @@ def _check_registered(grid: Grid) -> None:
                 raise GridError(f"{grid.source}: {err}") from err
         return missing
 
-    checks = (("model", unresolved(grid.models, model_info), list_models()),
+    from biobench.zeroshot.run import ZERO_SHOT, check_model_name, model_kind
+
+    def model_name(name):  # chat endpoints and the random baseline are not registry models
+        return None if model_kind(name) != "contrastive" else model_info(name)
+
+    protocols = {*PROBES, ZERO_SHOT}
+    checks = (("model", unresolved(grid.models, model_name), list_models()),
               ("task", unresolved(grid.tasks, get_task), list_tasks()),
-              ("protocol", [p for p in [grid.protocol] if p and p not in PROBES], PROBES))
+              ("protocol", [p for p in [grid.protocol] if p and p not in protocols], protocols))
     for kind, missing, valid in checks:
         if missing:
             raise GridError(f"{grid.source}: unknown {kind}(s) {', '.join(missing)}. "
@@ -208,6 +214,8 @@ def _check_registered(grid: Grid) -> None:
         try:
             task.check_protocol(protocol)
             build_probe(protocol, 0, dict(grid.probe_params))
+            for model in grid.models:  # a chat model with a probe, an image model zero-shot
+                check_model_name(model, protocol)
         except (UnsupportedProtocol, TypeError, ValueError) as err:
             raise GridError(f"{grid.source}: {err}") from err
 

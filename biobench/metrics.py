@@ -565,3 +565,58 @@ def fungiclef_reference_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     ``fungiclef_reference_costs`` and ``fungiclef_official_losses``).
     """
     return fungiclef_reference_costs(y_true, y_pred)["score"]
+
+
+# ---- zero-shot question answering --------------------------------------------------------------
+def _question_cells(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (test example): how many of its questions were asked (y_true != -1) and how many
+    of those were answered right (a -1 in y_pred, an unreadable reply, is wrong)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}")
+    if y_true.ndim not in (1, 2):
+        raise ValueError(f"question_accuracy needs (n,) or (n, slots) answer arrays; got "
+                         f"shape {y_true.shape}")
+    if y_true.ndim == 1:
+        y_true, y_pred = y_true[:, None], y_pred[:, None]
+    asked = y_true != QUESTION_MISSING
+    return asked.sum(axis=1), (asked & (y_true == y_pred)).sum(axis=1)
+
+
+QUESTION_MISSING = -1  # biobench.zeroshot.base.MISSING (kept here: metrics imports nothing)
+
+
+def _question_accuracy_count_form(y_true: np.ndarray, y_pred: np.ndarray) -> CountForm | None:
+    """Cells: the distinct (asked, right) count pairs of rows; a resample's accuracy is the
+    ratio of its two integer totals, the same division the metric makes."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim not in (1, 2) or len(y_true) == 0:
+        return None
+    asked, right = _question_cells(y_true, y_pred)
+    cell_of_example, first = _unique_cells(np.stack([asked, right], axis=1))
+    cell_asked, cell_right = asked[first].astype(np.int64), right[first].astype(np.int64)
+
+    def score_counts(counts: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):  # nothing asked: nan, as the metric
+            return (counts @ cell_right).astype(np.float64) / (counts @ cell_asked)
+
+    return CountForm(cell_of_example, len(first), score_counts)
+
+
+@register_metric("question_accuracy", "accuracy over questions",
+                 count_form=_question_accuracy_count_form)
+def question_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Top-1 accuracy pooled over questions (μ-Bench's micro accuracy).
+
+    ``y_true``/``y_pred`` are (n_examples, n_slots) answer matrices (``biobench.zeroshot``):
+    cells with ``y_true == -1`` hold no question and are left out; a ``-1`` in ``y_pred`` (an
+    answer that could not be read) counts as wrong. Rows are examples (images), so a bootstrap
+    resamples images with all their questions (plain, no strata). A 1-D pair is one question
+    per example: plain accuracy.
+    """
+    asked, right = _question_cells(y_true, y_pred)
+    total = int(asked.sum())
+    if total == 0:
+        return float("nan")
+    return float(np.float64(right.sum()) / np.float64(total))

@@ -477,9 +477,11 @@ PROBE_PARAMS = {"beluga": {"k": 3}}
 
 
 def _task_names() -> list[str]:
+    """Every registered task but μ-Bench's: its runs are zero-shot question matrices, read by
+    the μ-Bench part of the book (notebooks/ubench/), not by the per-run template."""
     from biobench.tasks import list_tasks
 
-    return list_tasks()
+    return [name for name in list_tasks() if not name.startswith("ubench")]
 
 
 def _outputs(nb) -> list[tuple[dict, dict]]:

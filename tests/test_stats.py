@@ -360,7 +360,18 @@ def fungiclef_case(rng):
     return y_true, preds
 
 
+def question_matrix_case(rng):
+    """(images, slots) answer matrices, -1 where an image has no question in a slot (y_true)
+    or no readable answer (y_pred)."""
+    n, slots = int(rng.integers(1, 150)), int(rng.integers(1, 4))
+    y_true = np.where(rng.random((n, slots)) < 0.2, -1, rng.integers(0, 4, (n, slots)))
+    preds = [np.where(rng.random((n, slots)) < 0.5, y_true, rng.integers(-1, 4, (n, slots)))
+             for _ in range(3)]
+    return y_true, preds
+
+
 CASES = {"macro_f1": single_label_case, "accuracy": single_label_case,
+         "question_accuracy": question_matrix_case,
          "fishnet_macro_f1": fishnet_case, "fungiclef_reference_score": fungiclef_case}
 
 

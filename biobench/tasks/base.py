@@ -110,6 +110,19 @@ class Task(abc.ABC):
     cross_fitted: ClassVar[bool] = False
     # one line for users: what command fetches the data
     download_hint: ClassVar[str] = ""
+    # True when each example has one label whose class name is a real name a text encoder can
+    # read, so the task can also be scored zero-shot (protocol "zero_shot", one question per
+    # test example, options = the class names). None: decided by ``ZERO_SHOT_CLASS_TASKS``.
+    # Setting it adds "zero_shot" to ``protocols`` (``__init_subclass__``).
+    zero_shot_classes: ClassVar[bool | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("zero_shot_classes") is None:
+            cls.zero_shot_classes = getattr(cls, "name", None) in ZERO_SHOT_CLASS_TASKS or \
+                bool(getattr(super(cls, cls), "zero_shot_classes", False))
+        if cls.zero_shot_classes and ZERO_SHOT not in cls.protocols:
+            cls.protocols = (*cls.protocols, ZERO_SHOT)
 
     # ---- data -------------------------------------------------------------------------
     def data_path(self, root: Path | None = None) -> Path:
@@ -198,6 +211,50 @@ class Task(abc.ABC):
 
     def labels_array(self, examples: Sequence[Example]) -> np.ndarray:
         return np.asarray([ex.label for ex in examples])
+
+    # ---- zero-shot ------------------------------------------------------------------------
+    def zero_shot_questions(self, data: TaskData):
+        """The questions the ``zero_shot`` protocol asks about ``data.test`` (a
+        ``biobench.zeroshot.base.QuestionSet``). Default, for single-label tasks with real
+        class names: one question per test example in slot 0, "which class?", the options the
+        class names in label order (so the answer index is the label) and, per option, the
+        captions of the task modality's template set (``biobench.zeroshot.templates``)."""
+        from biobench.zeroshot.base import MultipleChoice, QuestionSet
+        from biobench.zeroshot.templates import captions_for, templates_for
+
+        if not self.zero_shot_classes:
+            raise UnsupportedProtocol(
+                f"task '{self.name}' has no zero-shot questions: its labels are not single "
+                f"classes with real names (protocols: {', '.join(self.protocols)})")
+        names = tuple(data.class_names)
+        templates = templates_for(self.modality)
+        captions = tuple(captions_for(name, templates) for name in names)
+        question = f"Which of these is shown in this {self.modality} image?"
+        questions = []
+        for i, ex in enumerate(data.test):
+            label = ex.label
+            if np.ndim(label) != 0 or not 0 <= int(label) < len(names):
+                raise ValueError(
+                    f"task '{self.name}': test example {ex.id} has label {label!r}, not one of "
+                    f"its {len(names)} classes; a zero-shot question needs a single known class")
+            questions.append(MultipleChoice(example_index=i, slot=0, kind="classification",
+                                            question=question, options=names,
+                                            answer_idx=int(label), captions=captions,
+                                            id=ex.id))
+        return QuestionSet(tuple(questions), len(data.test), 1, ("classification",))
+
+
+# ---- zero-shot ----------------------------------------------------------------------------
+ZERO_SHOT = "zero_shot"  # the protocol name (not a probe: biobench.zeroshot answers questions)
+# Built-in tasks scored zero-shot from their class names: single-label, and the class names are
+# names (species, behaviours, taxa, colours). Not NeWT (164 binary yes/no sub-tasks), FishNet
+# (multi-label traits), Beluga (re-identification of individuals) nor FungiCLEF (open set:
+# "unknown" is no name) nor Herbarium19 (its classes are category numbers). Another task opts
+# in with ``zero_shot_classes = True``.
+ZERO_SHOT_CLASS_TASKS = frozenset({
+    "ecdysis", "imagenet1k", "inat21", "iwildcam", "kabr", "mammalnet",
+    "neon_tree_crowns", "plankton", "plankton_flowcam", "plantnet", "synthetic",
+})
 
 
 # ---- registry ---------------------------------------------------------------------------
