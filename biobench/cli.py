@@ -138,9 +138,11 @@ def _cmd_run(args) -> int:
         raise UsageError(f"task '{task.name}' predicts every example from the others "
                          f"(cross-fitting): --n-train does not apply; leave it out")
     probe_params = _probe_params(args.probe_param)
-    if probe_params and protocol == ZERO_SHOT:
-        raise UsageError("--probe-param: the zero_shot protocol fits no probe")
-    if probe_params:
+    if probe_params and protocol == ZERO_SHOT and model_kind(args.model) != "generative":
+        raise UsageError("--probe-param: zero_shot with a contrastive model or the random "
+                         "baseline takes no parameters (a generative model takes its "
+                         "answerer's options, e.g. concurrency=4)")
+    if probe_params and protocol != ZERO_SHOT:
         from biobench.probes import make_probe
 
         try:
