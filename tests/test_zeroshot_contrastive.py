@@ -362,3 +362,67 @@ def test_unsupported_transformers_model_type_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(UnknownModel, match="'bert' is not supported"):
         model_info(f"hf:{tmp_path}")
+
+
+# ---- interpolated contrastive models (WiSE-FT zero-shot) ---------------------------------------
+def save_perturbed_copy(source, folder, seed: int = 1):
+    """A 'fine-tuned' twin: the same files with every float tensor moved by seeded noise."""
+    import shutil
+
+    import transformers
+
+    shutil.copytree(source, folder)
+    model = transformers.AutoModel.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(0.3 * torch.randn(tensor.shape, generator=generator))
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def test_interpolated_contrastive_mixes_both_towers_exactly_at_the_ends(tmp_path):
+    from PIL import Image
+
+    from biobench.zeroshot.adapters import create_contrastive_model, is_contrastive_name
+
+    base = save_tiny_hf(tmp_path / "base", "clip")
+    tuned = save_perturbed_copy(tmp_path / "base", tmp_path / "tuned")
+    pair = f"hf:{tmp_path / 'base'}|hf:{tmp_path / 'tuned'}"
+    assert is_contrastive_name(f"interp:0.5:{pair}")
+    texts = ["a red photo .", "a blue microscope image ."]
+    image = Image.new("RGB", (40, 40), (200, 30, 60))
+
+    def embeddings(name):
+        model = create_contrastive_model(name)
+        backbone = model.image_backbone()
+        with torch.no_grad():
+            img = backbone(backbone.transform(image)[None]).numpy()
+        return model, img, model.encode_texts(texts)
+
+    ends = {alpha: embeddings(f"interp:{alpha}:{pair}") for alpha in (0, 1)}
+    for alpha, parent in ((0, f"hf:{tmp_path / 'base'}"), (1, f"hf:{tmp_path / 'tuned'}")):
+        model, img, txt = ends[alpha]
+        _, parent_img, parent_txt = embeddings(parent)
+        assert np.array_equal(img, parent_img) and np.array_equal(txt, parent_txt)
+        # the scale is the parent's own logit scale
+        assert model.similarity_scale == create_contrastive_model(parent).similarity_scale
+        assert model.image_backbone().info.name == f"interp:{alpha}:{pair}"
+    # alpha = 0.5: the model holds the mean of the two parents' tensors, in both towers
+    half = create_contrastive_model(f"interp:0.5:{pair}")
+    mixed, a, b = half.model.state_dict(), base.state_dict(), tuned.state_dict()
+    for key in ("text_projection.weight", "visual_projection.weight", "logit_scale"):
+        assert torch.allclose(mixed[key], (a[key] + b[key]) / 2, atol=1e-6), key
+    assert half.similarity_scale == pytest.approx(float(((a["logit_scale"] + b["logit_scale"])
+                                                         / 2).exp()), rel=1e-5)
+
+
+def test_interpolating_clip_with_align_is_refused(tmp_path):
+    from biobench.backbones.registry import WeightsMismatch
+    from biobench.zeroshot.adapters import create_contrastive_model
+
+    save_tiny_hf(tmp_path / "clip", "clip")
+    save_tiny_hf(tmp_path / "align", "align")
+    with pytest.raises(WeightsMismatch, match="cannot interpolate"):
+        create_contrastive_model(f"interp:0.5:hf:{tmp_path / 'clip'}|hf:{tmp_path / 'align'}")

@@ -60,18 +60,29 @@ class ContrastiveModel(abc.ABC):
         """(len(texts), dim) float32 text embeddings (not normalised)."""
 
 
+INTERP = "interp:"
+
+
 def is_contrastive_name(name: str) -> bool:
     """Names whose text tower this module can reach (registered aliases such as ``bioclip``
-    are not: use the ``open_clip:`` name they stand for)."""
+    are not: use the ``open_clip:`` name they stand for); an interpolation of two such."""
+    if name.startswith(INTERP):
+        from biobench.backbones.interpolate import parse_interpolation_name
+
+        _, base, finetuned = parse_interpolation_name(name)
+        return is_contrastive_name(base) and is_contrastive_name(finetuned)
     return name.startswith(("open_clip:", "hf:"))
 
 
 def create_contrastive_model(name: str, device: str = "cpu") -> ContrastiveModel:
-    """The contrastive model ``name`` (``open_clip:...`` or ``hf:...``) on ``device``."""
+    """The contrastive model ``name`` (``open_clip:...``, ``hf:...`` or an ``interp:`` mix of
+    two of them) on ``device``."""
     if name.startswith("open_clip:"):
         return OpenClipContrastive(name, device)
     if name.startswith("hf:"):
         return HFContrastive(name, device)
+    if name.startswith(INTERP) and is_contrastive_name(name):
+        return InterpolatedContrastive(name, device)
     raise ValueError(
         f"model '{name}' cannot be scored zero-shot: it has no text tower here. Use an "
         f"open_clip:<arch>/<tag>, open_clip:hf-hub:<org>/<repo>, open_clip:<arch>@<file> or "
@@ -210,11 +221,7 @@ class HFContrastive(ContrastiveModel):
         self._loaded = load_hf_model(name, spec)
         self.model, _, self.tokenizer, self.model_type = self._loaded
         self.model = self.model.to(device)
-        # the scale of the model's own logits_per_image
-        if self.model_type == "align":
-            self.similarity_scale = float(1.0 / self.model.temperature.item())
-        else:
-            self.similarity_scale = float(self.model.logit_scale.exp().item())
+        self.similarity_scale = _model_scale(self)  # that of its own logits_per_image
         folder = _local_folder(spec)
         files = sorted(p for p in folder.iterdir() if p.is_file()) if folder else []
         self.text_identity = json.dumps({
@@ -239,6 +246,55 @@ class HFContrastive(ContrastiveModel):
             return embeddings(self.model.get_text_features(**tokens))
 
         return _encode_in_batches(encode, texts)
+
+
+# ---- weight interpolation (WiSE-FT) of two contrastive models -----------------------------------
+class InterpolatedContrastive(ContrastiveModel):
+    """``interp:ALPHA:BASE|FINETUNED`` of two contrastive models of one architecture: every
+    tensor of both towers and the logit scale mixed (WiSE-FT mixes the whole model, and
+    μ-Bench's PLIPRobust and QuiltCLIPRobust are scored zero-shot), by the rules of
+    ``biobench.backbones.interpolate`` (keys and shapes checked, ends exact). BASE's tokenizer,
+    preprocessing and similarity rule; its scale is read from the mixed weights."""
+
+    def __init__(self, name: str, device: str = "cpu"):
+        from biobench.backbones import model_info
+        from biobench.backbones.interpolate import (StateDictSource, mix_in_place,
+                                                    parse_interpolation_name)
+
+        alpha, base_name, finetuned_name = parse_interpolation_name(name)
+        self.name = name
+        self._info = model_info(name)  # the mix's own name keys its cached image features
+        base = create_contrastive_model(base_name, device)
+        finetuned = create_contrastive_model(finetuned_name, "cpu")
+        if type(base) is not type(finetuned):
+            from biobench.backbones.registry import WeightsMismatch
+
+            raise WeightsMismatch(f"cannot interpolate '{base_name}' and '{finetuned_name}': "
+                                  f"one is {type(base).__name__}, the other "
+                                  f"{type(finetuned).__name__}")
+        mix_in_place(base.model.state_dict(), StateDictSource(finetuned.model.state_dict()),
+                     alpha, base_name=base_name, finetuned_name=finetuned_name)
+        self.text_identity = json.dumps({"interpolation": name, "base": base.text_identity,
+                                         "finetuned": finetuned.text_identity}, sort_keys=True)
+        del finetuned  # one parent's tensors alive after the mix
+        self._base = base
+        self.model = base.model
+        self.similarity_scale = 1.0 if base.similarity_scale == 1.0 else _model_scale(base)
+
+    def image_backbone(self) -> Backbone:
+        backbone = self._base.image_backbone()
+        backbone.info = replace(self._info, resolution=backbone.info.resolution)
+        return backbone
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._base.encode_texts(texts)
+
+
+def _model_scale(model: ContrastiveModel) -> float:
+    """The logit scale of a model's current weights (ALIGN: 1 / temperature)."""
+    if getattr(model, "model_type", None) == "align":
+        return float(1.0 / model.model.temperature.item())
+    return float(model.model.logit_scale.exp().item())
 
 
 # ---- the text-embedding cache ---------------------------------------------------------------------
