@@ -386,3 +386,23 @@ def test_the_gpu_grid_names_a_sweep_between_two_parents():
     alphas = [i.alpha for i in infos]
     assert alphas == sorted(alphas) and alphas[-1] == 1.0 and len(set(alphas)) == len(alphas)
     assert grid.protocol is None  # each task's own BioBench probe
+
+
+def test_the_ubench_gpu_grid_sweeps_two_pairs_zero_shot():
+    """configs/interpolation-ubench-gpu.toml resolves offline: for each base, its mixes with one
+    fine-tune at increasing α ending at 1, every μ-Bench task, and the zero_shot protocol."""
+    from biobench.grid import load_grid
+    from biobench.tasks import list_tasks
+    from biobench.zeroshot.adapters import is_contrastive_name
+
+    grid = load_grid(ROOT / "configs" / "interpolation-ubench-gpu.toml")
+    assert grid.protocol == "zero_shot"
+    assert sorted(grid.tasks) == [t for t in list_tasks() if t.startswith("ubench")]
+    mixes = [model_info(m) for m in grid.models if m.startswith("interp:")]
+    pairs = {(i.base, i.finetuned) for i in mixes}
+    assert pairs == {("hf:openai/clip-vit-base-patch32", "hf:vinid/plip"),
+                     ("open_clip:ViT-B-32/openai", "open_clip:hf-hub:wisdomik/QuiltNet-B-32")}
+    for base, finetuned in pairs:
+        assert base in grid.models and is_contrastive_name(base)
+        alphas = [i.alpha for i in mixes if (i.base, i.finetuned) == (base, finetuned)]
+        assert alphas == sorted(alphas) and alphas[-1] == 1.0 and len(alphas) == 10
