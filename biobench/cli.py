@@ -41,9 +41,16 @@ model names (MODEL):
   open_clip:ARCH@FILE        a local open_clip checkpoint (preprocessing: open_clip_config.json
                              beside the file, else the architecture's published one)
   open_clip:hf-hub:ORG/REPO  an open_clip model on the hub, e.g. open_clip:hf-hub:imageomics/bioclip
+  hf:REPO_OR_FOLDER          a transformers CLIP or ALIGN model (image and text towers), e.g.
+                             hf:openai/clip-vit-base-patch32, hf:vinid/plip, or a local folder
   <scheme>:ARCH@random       seeded random initialisation (a baseline), e.g. timm:resnet50@random
   interp:ALPHA:BASE|FINETUNED  weights (1-ALPHA)*BASE + ALPHA*FINETUNED of one architecture
                              (WiSE-FT); quote it: 'interp:0.5:mobilenet_v2|mobilenet_v2@ft.safetensors'
+  with --protocol zero_shot only:
+  chat:MODEL                 a model behind an OpenAI-compatible chat endpoint
+                             ($BIOBENCH_CHAT_ENDPOINT, else $OPENAI_BASE_URL), e.g. chat:gpt-4o
+  hf-vlm:REPO_OR_FOLDER      a generative vision-language model run locally with transformers
+  random                     μ-Bench's random baseline (options shuffled with seed 42)
 
 task names (TASK):
   NAME                       a registered task: `biobench list tasks`
