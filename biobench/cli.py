@@ -50,6 +50,8 @@ model names (MODEL):
   chat:MODEL                 a model behind an OpenAI-compatible chat endpoint
                              ($BIOBENCH_CHAT_ENDPOINT, else $OPENAI_BASE_URL), e.g. chat:gpt-4o
   hf-vlm:REPO_OR_FOLDER      a generative vision-language model run locally with transformers
+  blip-itm:REPO_OR_FOLDER    BLIP scored by its image-text matching head, e.g.
+                             blip-itm:Salesforce/blip-itm-base-coco
   random                     μ-Bench's random baseline (options shuffled with seed 42)
 
 task names (TASK):
@@ -146,8 +148,8 @@ def _cmd_run(args) -> int:
                          f"(cross-fitting): --n-train does not apply; leave it out")
     probe_params = _probe_params(args.probe_param)
     if probe_params and protocol == ZERO_SHOT and model_kind(args.model) != "generative":
-        raise UsageError("--probe-param: zero_shot with a contrastive model or the random "
-                         "baseline takes no parameters (a generative model takes its "
+        raise UsageError("--probe-param: zero_shot with a contrastive, BLIP ITM or random "
+                         "model takes no parameters (a generative model takes its "
                          "answerer's options, e.g. concurrency=4)")
     if probe_params and protocol != ZERO_SHOT:
         from biobench.probes import make_probe

@@ -97,7 +97,7 @@ ZERO_SHOT = "zero_shot"
 ZERO_SHOT_MODULES = ("biobench.zeroshot.base", "biobench.zeroshot.contrastive",
                      "biobench.zeroshot.adapters", "biobench.zeroshot.templates",
                      "biobench.zeroshot.run", "biobench.zeroshot.generative",
-                     "biobench.zeroshot.baseline")
+                     "biobench.zeroshot.baseline", "biobench.zeroshot.blip")
 
 
 def code_version(task: Task, protocol: str) -> str:

@@ -43,6 +43,7 @@ MODEL_LABELS: Mapping[str, str] = {
     "hf:kakaobrain/align-base": "ALIGN",
     "open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224": "BiomedCLIP",
     "open_clip:hf-hub:wisdomik/QuiltNet-B-32": "QuiltNet",
+    "blip-itm:Salesforce/blip-itm-base-coco": "BLIP (ITM)",
     "random": "random baseline",
 }
 

@@ -86,8 +86,9 @@ def create_contrastive_model(name: str, device: str = "cpu") -> ContrastiveModel
     raise ValueError(
         f"model '{name}' cannot be scored zero-shot: it has no text tower here. Use an "
         f"open_clip:<arch>/<tag>, open_clip:hf-hub:<org>/<repo>, open_clip:<arch>@<file> or "
-        f"hf:<repo or folder> name (CLIP, PLIP, ALIGN), 'chat:<served model>' for a chat "
-        f"endpoint, or 'random' for the random baseline")
+        f"hf:<repo or folder> name (CLIP, PLIP, ALIGN), 'blip-itm:<repo or folder>' for BLIP "
+        f"image-text matching, 'chat:<served model>' for a chat endpoint, or 'random' for the "
+        f"random baseline")
 
 
 def _file_token(path: Path) -> str:

@@ -8,6 +8,9 @@ Model kinds, by name:
 - ``hf-vlm:<repo or folder>``: a generative model run locally with ``transformers``
   (``biobench.zeroshot.generative.answer_local``), asked the same way;
 - ``random``: μ-Bench's random baseline (``biobench.zeroshot.baseline``);
+- ``blip-itm:<repo or folder>``: a BLIP image-text-matching model (``biobench.zeroshot.blip``),
+  kind "pair": every (image, option caption) pair scored together by its ITM head, so nothing
+  is cached; asked the task's ``zero_shot_questions``, as contrastive models are;
 - anything else: a contrastive model (``biobench.zeroshot.adapters``): image embeddings from
   the feature pipeline (and its cache), caption embeddings from the text cache.
 
@@ -33,17 +36,23 @@ ZERO_SHOT = "zero_shot"
 CHAT_PREFIX = "chat:"
 LOCAL_VLM_PREFIX = "hf-vlm:"
 RANDOM_BASELINE = "random"
+BLIP_ITM_PREFIX = "blip-itm:"
 
 
 class UnsuitableModel(ValueError):
     """The model cannot be scored with the requested protocol (a chat model with a probe, an
     image-only backbone zero-shot); the message says which names can."""
-ModelKind = Literal["generative", "random", "contrastive"]
+ModelKind = Literal["generative", "random", "contrastive", "pair"]
+# how a probe refusal names each kind without image features
+_NO_FEATURES = {"generative": "generative model", "random": "baseline",
+                "pair": "image-text matching model (it scores image-caption pairs)"}
 
 
 def model_kind(name: str) -> ModelKind:
     if name.startswith((CHAT_PREFIX, LOCAL_VLM_PREFIX)):
         return "generative"
+    if name.startswith(BLIP_ITM_PREFIX):
+        return "pair"
     if name == RANDOM_BASELINE:
         return "random"
     return "contrastive"
@@ -57,7 +66,7 @@ def check_model_name(name: str, protocol: str) -> None:
     if protocol != ZERO_SHOT:
         if kind != "contrastive":
             raise UnsuitableModel(
-                f"model '{name}' is a {'generative model' if kind == 'generative' else 'baseline'}"
+                f"model '{name}' is a {_NO_FEATURES[kind]}"
                 f" with no image features: it can only answer zero-shot questions (protocol "
                 f"'{ZERO_SHOT}'), not be scored with the probe '{protocol}'")
         model_info(name)
@@ -69,6 +78,11 @@ def check_model_name(name: str, protocol: str) -> None:
         return
     if kind == "random":
         return
+    if kind == "pair":
+        from biobench.zeroshot.blip import check_blip_name
+
+        check_blip_name(name)
+        return
     from biobench.zeroshot.adapters import is_contrastive_name
 
     model_info(name)  # an unknown name fails with the registry's list
@@ -76,11 +90,18 @@ def check_model_name(name: str, protocol: str) -> None:
         raise UnsuitableModel(
             f"model '{name}' has no text tower here, so it cannot answer zero-shot questions: "
             f"use an open_clip:... or hf:... name (e.g. open_clip:ViT-B-32/openai, "
-            f"hf:openai/clip-vit-base-patch32), 'chat:<served model>' or 'random'")
+            f"hf:openai/clip-vit-base-patch32), 'blip-itm:<hub repo or folder>' (BLIP image-text "
+            f"matching), 'chat:<served model>' or 'random'")
 
 
 def zero_shot_model_info(name: str) -> ModelInfo:
-    """The models-table record of a generative model or of the random baseline."""
+    """The models-table record of a generative model, of the random baseline or of a
+    ``blip-itm:`` model (whose loaded record, from ``blip.load_blip_itm``, adds its
+    resolution and parameter count)."""
+    if model_kind(name) == "pair":
+        from biobench.zeroshot.blip import blip_model_info
+
+        return blip_model_info(name)
     if model_kind(name) == "random":
         return ModelInfo(name=name, display="random baseline", family="baseline",
                          loader="baseline", pretrained=False, resolution=0,
@@ -133,7 +154,7 @@ def answer_task(model, task, data, *, device: str = "cpu", batch_size: int | Non
                 options: dict[str, Any] | None = None) -> ZeroShotOutcome:
     """Answer ``task``'s questions about ``data.test`` with ``model`` (a name, or a
     ``ContrastiveModel``). ``options`` go to the generative answerer (endpoint, ...); the
-    contrastive and random kinds take none."""
+    contrastive, pair and random kinds take none."""
     from biobench.zeroshot.adapters import ContrastiveModel
 
     options = dict(options or {})
@@ -156,6 +177,14 @@ def answer_task(model, task, data, *, device: str = "cpu", batch_size: int | Non
         return _outcome(task, questions, answers, [ex.id for ex in test],
                         zero_shot_model_info(name), kind)
     questions = task.zero_shot_questions(data)
+    if kind == "pair":
+        from biobench.images import load_image
+        from biobench.zeroshot.blip import DEFAULT_BATCH_SIZE, answer_pairs, load_blip_itm
+
+        blip = load_blip_itm(name, device=device)
+        answers = answer_pairs(blip, questions, lambda i: load_image(test[i].images[0]),
+                               batch_size=batch_size or DEFAULT_BATCH_SIZE)
+        return _outcome(task, questions, answers, [ex.id for ex in test], blip.info, kind)
     if kind == "random":
         from biobench.zeroshot.baseline import answer_random
 
