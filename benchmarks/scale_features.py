@@ -74,12 +74,16 @@ def imagenet_eval_transform():
 def pipeline_images_per_s(paths, transform, num_workers: int,
                           batch_size: int = 32) -> tuple[float, float]:
     """(images/s, CPU seconds per image) decoding + transforming every image through the
-    extraction's own loader; worker start-up is included (a run pays it)."""
-    dataset = F._ImageFiles([ImageRef(p) for p in paths], transform)
+    extraction's own loader (uint8 from the workers, scaled and normalised per batch in this
+    process, as ``extract_features`` does); worker start-up is included (a run pays it)."""
+    per_image, per_batch = F.split_transform(transform)  # as extract_features does
+    dataset = F._ImageFiles([ImageRef(p) for p in paths], per_image)
     cpu_before, started = _cpu_seconds(), time.perf_counter()
     n = 0
     with F._batches(dataset, batch_size, num_workers, pin_memory=False) as batches:
-        for positions, _images, _failures in batches:
+        for positions, images, _failures in batches:
+            if per_batch is not None:
+                per_batch(images)
             n += len(positions)
     wall = time.perf_counter() - started
     return n / wall, (_cpu_seconds() - cpu_before) / n

@@ -5,6 +5,11 @@ backbone's transform by a torch ``DataLoader``, in ``num_workers`` worker proces
 the cores this process may use, ``len(os.sched_getaffinity(0))``, at most ``MAX_WORKERS``, and
 none for small jobs; ``BIOBENCH_NUM_WORKERS`` or the ``num_workers`` argument override it; 0
 decodes in-process, with one torch thread while loading, as a worker has).
+Workers ship images as uint8 where the transform allows it (``split_transform``: a ``Compose``
+ending in ``ToTensor`` and ``Normalize``, as timm's, open_clip's and the offline models' do): the
+conversion to float and the normalisation run on the batch in the main process, on the device,
+with the transform's own ``Normalize``, so features are bit for bit those of the whole transform
+while a worker moves a quarter of the bytes (``benchmarks/scale_features.py`` measures it).
 Batches come back in input order. On CUDA they are pinned and copied with ``non_blocking``,
 the forward pass runs under autocast (bf16 on GPUs with native bf16, else fp16; ``fp32`` when
 a task asks for it, with TF32 off), and the batch size starts at ``AUTO_BATCH_SIZE_CUDA``
@@ -276,6 +281,51 @@ class _ImageFiles(torch.utils.data.Dataset):
         return i, self.transform(image), None
 
 
+class _ToUint8:
+    """The transform's steps before ``ToTensor``, then the image as a (C, H, W) uint8 tensor."""
+
+    def __init__(self, before_to_tensor):
+        self.before_to_tensor = before_to_tensor
+
+    def __call__(self, image):
+        from torchvision.transforms import functional as TF
+
+        image = self.before_to_tensor(image)
+        if getattr(image, "mode", None) not in ("RGB", "L"):  # ToTensor would not divide by 255
+            raise TypeError(f"expected an 8-bit RGB or L image before ToTensor, got "
+                            f"{getattr(image, 'mode', type(image).__name__)}")
+        return TF.pil_to_tensor(image)
+
+    def __repr__(self) -> str:
+        return f"_ToUint8({self.before_to_tensor!r})"
+
+
+class _ToFloatNormalised:
+    """``ToTensor``'s scaling (uint8 / 255, in float32) and the transform's ``Normalize``, on a
+    whole batch: element for element the arithmetic of the transform's own last two steps."""
+
+    def __init__(self, normalize):
+        self.normalize = normalize
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(torch.get_default_dtype()).div(255)
+        return self.normalize(images) if self.normalize is not None else images
+
+
+def split_transform(transform):
+    """(per-image part, per-batch part): the per-image part ends in uint8 tensors, the
+    per-batch part finishes the transform on the device. A transform of another shape is kept
+    whole: (transform, None)."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", ())) if isinstance(transform, T.Compose) else []
+    normalize = steps.pop() if steps and type(steps[-1]) is T.Normalize else None
+    # timm's MaybeToTensor and open_clip's subclass ToTensor without changing it for images
+    if not steps or not isinstance(steps[-1], T.ToTensor):
+        return transform, None
+    return _ToUint8(T.Compose(steps[:-1])), _ToFloatNormalised(normalize)
+
+
 def _collate(items):
     positions = [i for i, _, _ in items]
     tensors = [t for _, t, _ in items if t is not None]
@@ -344,13 +394,17 @@ class _Forward:
     """The backbone on one loaded batch, in slices of ``batch_size``; on out-of-memory the
     slice size halves and the same images are tried again (down to one image)."""
 
-    def __init__(self, backbone, device: str, precision_used: str, batch_size: int):
+    def __init__(self, backbone, device: str, precision_used: str, batch_size: int,
+                 finish_transform=None):
         self.backbone, self.device, self.precision = backbone, device, precision_used
         self.batch_size = batch_size
         self.non_blocking = device_class(device) == "cuda"  # the batch is in pinned memory
+        self.finish_transform = finish_transform  # split_transform's per-batch part, or None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=self.non_blocking)
+        if self.finish_transform is not None:
+            images = self.finish_transform(images)
         outputs, start = [], 0
         while start < len(images):
             size = self.batch_size
@@ -497,14 +551,15 @@ def extract_features(backbone, examples: Sequence[Example], *, task_name: str, s
     dim = backbone.feature_dim
     if refs:
         backbone = backbone.to(device)
-    forward = _Forward(backbone, device, precision_used, batch_size)
+    per_image, per_batch = split_transform(backbone.transform)
+    forward = _Forward(backbone, device, precision_used, batch_size, per_batch)
     in_memory = None if cache else _InMemoryMatrix(len(examples), dim, dtype_name)
     kept_all, skipped_all = [], []
     n_images = sum(len(ex.images) for ex in examples)
     with progress_bar(n_images, f"{backbone.info.name} | {task_name}/{split}", "img") as bar:
         bar.update(n_images - len(refs))  # images of chunks finished by an earlier run
         for index, kept, x, skipped in _extract_chunks(
-                pending, refs, forward, transform=backbone.transform, pooling=pooling, dim=dim,
+                pending, refs, forward, transform=per_image, pooling=pooling, dim=dim,
                 batch_size=batch_size, num_workers=num_workers, pin_memory=on_cuda,
                 skip_unreadable=skip_unreadable, bar=bar):
             if cache:

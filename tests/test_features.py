@@ -385,3 +385,45 @@ def test_no_examples_and_only_unreadable_ones(tmp_path):
     only_bad = extract(tiny_backbone(), [Example("b", (ImageRef(bad),), 0)], tmp_path / "f",
                        skip_unreadable=True, num_workers=2)
     assert only_bad.x.shape == (0, 16) and only_bad.skipped_files == [str(bad)]
+
+
+# ---- uint8 from the workers, scaled and normalised per batch ------------------------------------
+def _transforms_to_split():
+    import open_clip
+
+    from biobench.backbones import create_backbone
+
+    yield "mobilenet_v2", create_backbone("mobilenet_v2").transform
+    yield "efficientnet_lite0", create_backbone("efficientnet_lite0").transform
+    _, _, clip_transform = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    yield "open_clip ViT-B-32", clip_transform
+
+
+def test_split_transform_reproduces_the_whole_transform_bit_for_bit():
+    from PIL import Image
+
+    from biobench.features import split_transform
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+              for h, w in ((300, 400), (256, 256), (97, 513))]
+    for name, transform in _transforms_to_split():
+        per_image, per_batch = split_transform(transform)
+        assert per_batch is not None, name
+        shipped = torch.stack([per_image(im) for im in images])
+        assert shipped.dtype == torch.uint8, name  # a quarter of float32's bytes per image
+        whole = torch.stack([transform(im) for im in images])
+        assert torch.equal(per_batch(shipped), whole), name
+
+
+def test_a_transform_of_another_shape_is_kept_whole():
+    from torchvision import transforms as T
+
+    from biobench.features import split_transform
+
+    odd = T.Compose([T.Resize(32), T.ToTensor(), T.RandomErasing(p=0.0)])
+    assert split_transform(odd) == (odd, None)
+    plain = lambda image: image  # noqa: E731
+    assert split_transform(plain) == (plain, None)
+    per_image, per_batch = split_transform(T.Compose([T.CenterCrop(8), T.ToTensor()]))
+    assert per_batch is not None and per_batch.normalize is None
