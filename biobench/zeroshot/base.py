@@ -20,6 +20,18 @@ import numpy as np
 
 MISSING = -1  # a slot without a question (y_true) or without an answer (y_pred: unparseable)
 
+ZERO_SHOT = "zero_shot"  # the protocol's name
+# model names that are not image backbones (``biobench.zeroshot.run`` dispatches on them)
+CHAT_PREFIX = "chat:"
+LOCAL_VLM_PREFIX = "hf-vlm:"
+BLIP_ITM_PREFIX = "blip-itm:"
+RANDOM_BASELINE = "random"
+
+
+class UnsuitableModel(ValueError):
+    """The model cannot be scored with the requested protocol (a chat model with a probe, an
+    image-only backbone zero-shot); the message says which names can."""
+
 
 @dataclass(frozen=True)
 class MultipleChoice:

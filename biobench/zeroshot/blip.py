@@ -32,7 +32,7 @@ import numpy as np
 
 from biobench.backbones.info import ModelInfo
 from biobench.zeroshot.base import Answers, QuestionSet
-from biobench.zeroshot.run import BLIP_ITM_PREFIX, UnsuitableModel
+from biobench.zeroshot.base import BLIP_ITM_PREFIX, UnsuitableModel
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -26,12 +26,13 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from biobench.progress import stage
-from biobench.zeroshot.base import MISSING, Answers, MultipleChoice, QuestionSet
+from biobench.zeroshot.base import (CHAT_PREFIX, LOCAL_VLM_PREFIX, MISSING, Answers,
+                                    MultipleChoice, QuestionSet)
 from biobench.zeroshot.chat import (PNG_SIGNATURE, ChatClient, ChatFailed, ChatReply,
                                     ChatSettings, ReplyCache, complete_all, default_cache_path,
                                     iter_requests)
 
-PREFIX = "chat:"
+PREFIX = CHAT_PREFIX
 LETTERS = "ABCDEFGH"  # μ-Bench letters at most 8 options
 INSTRUCTION = "Answer with a single letter, no extra details."
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
@@ -222,7 +223,7 @@ def answer_generative(model_name: str, questions: QuestionSet, image_png: Callab
 
 # --- local transformers VLMs ----------------------------------------------------------------
 
-LOCAL_PREFIX = "hf-vlm:"
+LOCAL_PREFIX = LOCAL_VLM_PREFIX
 
 
 def _letter_token_ids(tokenizer, n_options: int) -> list[list[int]]:

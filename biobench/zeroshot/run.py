@@ -30,18 +30,10 @@ from typing import Any, Literal
 import numpy as np
 
 from biobench.backbones.info import ModelInfo
-from biobench.zeroshot.base import Answers, QuestionSet
+from biobench.zeroshot.base import (  # noqa: F401  (the names and error are re-exported)
+    BLIP_ITM_PREFIX, CHAT_PREFIX, LOCAL_VLM_PREFIX, RANDOM_BASELINE, ZERO_SHOT, Answers,
+    QuestionSet, UnsuitableModel)
 
-ZERO_SHOT = "zero_shot"
-CHAT_PREFIX = "chat:"
-LOCAL_VLM_PREFIX = "hf-vlm:"
-RANDOM_BASELINE = "random"
-BLIP_ITM_PREFIX = "blip-itm:"
-
-
-class UnsuitableModel(ValueError):
-    """The model cannot be scored with the requested protocol (a chat model with a probe, an
-    image-only backbone zero-shot); the message says which names can."""
 ModelKind = Literal["generative", "random", "contrastive", "pair"]
 # how a probe refusal names each kind without image features
 _NO_FEATURES = {"generative": "generative model", "random": "baseline",
