@@ -120,6 +120,15 @@ class StallsOnFirstAttempt(E.GridJob):
         super().write_result(store, key, dest)
 
 
+class RunsUntilCancelled(E.GridJob):
+    """A job that, once its run is computed, waits (as a long probe fit would) until it is
+    cancelled: a grid's poll always finds it running, however fast the machine."""
+
+    def write_result(self, store, key, dest):
+        time.sleep(600)
+        super().write_result(store, key, dest)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def timed_out_grid(cluster, tmp_path_factory):
     """Submit the requeue test's job before the other tests: Slurm holds a requeued job for
@@ -237,7 +246,7 @@ def test_a_cancelled_job_is_reported_within_a_minute(cluster, tmp_path, monkeypa
 
     with pytest.raises(G.GridFailed) as err:
         G.run_grid(grid, executor="slurm", progress=False, on_poll=cancel_once_running,
-                   timeout_s=WAIT_S, **book)
+                   job_class=RunsUntilCancelled, timeout_s=WAIT_S, **book)
     assert cancelled_at, "the job never ran"
     assert time.monotonic() - cancelled_at[0] < 60
     message = str(err.value)
