@@ -21,10 +21,12 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Iterator, Mapping
 
 import pytest
+
+from tests.http_server import running
 
 
 @dataclass(frozen=True)
@@ -139,17 +141,9 @@ def _make_handler(server: ChatServer):
 def serving_chat() -> Iterator[ChatServer]:
     """Run a ``ChatServer`` on 127.0.0.1 (a free port) until the block ends."""
     server = ChatServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(server))
-    httpd.daemon_threads = True
-    server.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
+    with running(_make_handler(server), poll_interval=0.05) as url:
+        server.url = f"{url}/v1"
         yield server
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture()

@@ -158,19 +158,28 @@ def _make_handler(server: LocalServer):
 
 
 @contextmanager
-def serving(root: Path) -> Iterator[LocalServer]:
-    """Run a ``LocalServer`` for files under ``root`` on 127.0.0.1 (random free port)."""
-    server = LocalServer(root=root)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(server))
+def running(handler: type[BaseHTTPRequestHandler], poll_interval: float = 0.5) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a daemon thread until the block ends;
+    yields the server's base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
-    server.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": poll_interval},
+                              daemon=True)
     thread.start()
     try:
-        yield server
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@contextmanager
+def serving(root: Path) -> Iterator[LocalServer]:
+    """Run a ``LocalServer`` for files under ``root`` on 127.0.0.1 (random free port)."""
+    server = LocalServer(root=root)
+    with running(_make_handler(server)) as url:
+        server.url = url
+        yield server
 
 
 @pytest.fixture()

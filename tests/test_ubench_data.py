@@ -8,9 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
-import threading
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +22,7 @@ from biobench.ubench import data as ub
 from biobench.ubench import meta
 from biobench.zeroshot.base import MISSING
 from tests import ubench_fixture as fx
-from tests.http_server import LocalServer, _make_handler
+from tests.http_server import LocalServer, _make_handler, running
 
 HUB_PREFIX = f"/datasets/{ub.REPO_ID}/resolve/{ub.REVISION}/"
 
@@ -55,15 +53,9 @@ def local_hub(root: Path) -> Iterator[LocalServer]:
                 self.send_header("ETag", f'"{hashlib.sha256(file.read_bytes()).hexdigest()}"')
             super().end_headers()
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
-    httpd.daemon_threads = True
-    server.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with running(HubHandler) as url:
+        server.url = url
         yield server
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture()
