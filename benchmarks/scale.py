@@ -261,8 +261,11 @@ def section_gap(opts) -> None:
     from sklearn.utils.class_weight import compute_class_weight
 
     from biobench.probes import DEFAULT_C_GRID
-    from biobench.torch_probes import logistic_objective, logistic_path
+    from biobench.torch_probes import logistic_objective, logistic_path, native_bfloat16
 
+    # the probe's own choice on this machine (matmul="auto"): a bfloat16 first stage where
+    # the CPU multiplies bfloat16 in hardware
+    matmul = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
     torch.set_num_threads(max(1, torch.get_num_threads()))
     (n, k), = parse_sizes(opts.gap_size)
     grid = sorted(DEFAULT_C_GRID)
@@ -305,9 +308,9 @@ def section_gap(opts) -> None:
             rows.append((f"logreg tol={tol:g}", time.perf_counter() - started, gaps, iters))
         for tol in [float(t) for t in opts.torch_tols.split(",")]:
             started = time.perf_counter()
-            fits = logistic_path(Xf, yf, wf, grid, tol=tol)  # float32, as the probe
+            fits = logistic_path(Xf, yf, wf, grid, tol=tol, matmul=matmul)  # as the probe
             seconds = time.perf_counter() - started
-            rows.append((f"torch_logreg tol={tol:g}", seconds,
+            rows.append((f"torch_logreg tol={tol:g} {matmul}", seconds,
                          [logistic_objective(Xf64, yf, wf, coef, intercept, C)
                           for C, (coef, intercept, *_) in zip(grid, fits)],
                          [fit[2] for fit in fits]))

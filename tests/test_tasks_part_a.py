@@ -60,6 +60,35 @@ def test_download_load_evaluate_store(name, http_server, tmp_path):
         task.check_present(root)
 
 
+# The seven tasks the BioBench reference scores with its LayerNorm + linear head (the probe
+# column of spec/biobench-tasks.md), written out here rather than read from the code
+REFERENCE_LINEAR_HEAD = {"ecdysis", "herbarium19", "iwildcam", "plankton", "plantnet",
+                         "imagenet1k", "inat21"}
+
+
+def test_reference_linear_head_tasks_offer_it_and_every_logreg_task_offers_torch_logreg():
+    from biobench.tasks import list_tasks
+
+    offering = {n for n in list_tasks() if "linear_head" in get_task(n).protocols}
+    assert offering == REFERENCE_LINEAR_HEAD
+    for name in list_tasks():
+        protocols = get_task(name).protocols
+        assert ("logreg" in protocols) == ("torch_logreg" in protocols), name
+
+
+@pytest.mark.parametrize("protocol, params", [("linear_head", {"max_steps": 200}),
+                                              ("torch_logreg", {})])
+def test_torch_probes_score_a_benchmark_task_end_to_end(protocol, params, http_server, tmp_path):
+    task, served, root = downloaded("plantnet", http_server, tmp_path)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    result = run_evaluation("random_tiny", task, data_root=root, store=store, n_bootstrap=50,
+                            protocol=protocol, probe_params=params)
+    row = store.get_run(result.key)
+    assert row["protocol"] == protocol and row["n_test"] == served.n_test
+    assert row["ci_low"] <= row["score"] <= row["ci_high"]
+    assert row["score"] == pytest.approx(task.score(result.y_true, result.y_pred))
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_missing_folder_names_the_download_command(name, tmp_path):
     with pytest.raises(TaskDataMissing, match=rf"data not found at .*nowhere.*biobench download {name}"):

@@ -107,6 +107,53 @@ def test_logistic_path_in_float64_reaches_the_sklearn_optimum_at_each_c(data):
         np.testing.assert_allclose(intercept, ref.intercept_, atol=1e-5)
 
 
+@pytest.mark.parametrize("matmul", ["bfloat16", "float32"])
+def test_torch_logreg_matches_sklearn_whichever_matmul_precision(data, matmul):
+    # bfloat16 products only speed up the first stage of each fit; the convergence test is
+    # checked on the exact float32 gradient, so both reach the optimum within tol
+    Xtr, ytr, _, _ = data
+    tol, C = 1e-3, 3.0
+    ours = TorchLogisticProbe(C_grid=(C,), n_folds=2, tol=tol, matmul=matmul,
+                              device="cpu").fit(Xtr, ytr)
+    ref = sklearn_tight(StandardScaler().fit_transform(Xtr), ytr, C)
+    assert ours.matmul_ == matmul and ours.converged_ and ours.grad_norm_ <= tol
+    assert np.linalg.norm(ours.coef_ - ref.coef_) <= tol * np.linalg.norm(ours.coef_) * 1.01 + 1e-5
+
+
+def test_fast_objective_is_the_exact_one_up_to_bfloat16_rounding():
+    from biobench.torch_probes import _Problem
+
+    rng = np.random.default_rng(0)
+    n, dim, k = 3000, 64, 7
+    X = rng.normal(size=(n, dim)).astype(np.float32)
+    y = rng.integers(0, k, n)
+    weights = rng.uniform(0.5, 2.0, n)
+    problem = _Problem(X, np.arange(n), np.zeros(dim), np.ones(dim), y, weights, k,
+                       torch.device("cpu"), fast_dtype=torch.bfloat16)
+    theta = torch.as_tensor(rng.normal(0, 0.1, (dim + 1, k)), dtype=torch.float32)
+    total = problem.total_weight([(0, n)])
+    exact_f, exact_g = problem.loss_and_grad(theta, [(0, n)], 2.0, total)
+    fast_f, fast_g = problem.loss_and_grad(theta, [(0, n)], 2.0, total, fast=True)
+    # the exact evaluation is the independent numpy objective
+    expected = logistic_objective(X, y, weights, theta[:-1].T.numpy(), theta[-1].numpy(), 2.0)
+    assert exact_f == pytest.approx(expected / total, rel=1e-5)
+    # bfloat16 keeps 8 bits of mantissa: the objective within 1e-3, the gradient within 1%
+    assert fast_f == pytest.approx(exact_f, rel=1e-3)
+    assert float((fast_g - exact_g).norm() / exact_g.norm()) < 0.01
+    assert not torch.equal(fast_g, exact_g)  # it did use bfloat16
+
+
+def test_torch_logreg_matmul_auto_follows_the_hardware_and_bad_values_are_named(data):
+    from biobench.torch_probes import native_bfloat16
+
+    Xtr, ytr, _, _ = data
+    probe = TorchLogisticProbe(C_grid=(1.0,), n_folds=2, device="cpu").fit(Xtr, ytr)
+    expected = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
+    assert probe.matmul_ == expected
+    with pytest.raises(ValueError, match="matmul must be"):
+        TorchLogisticProbe(matmul="float16", device="cpu").fit(Xtr, ytr)
+
+
 # ---- torch_logreg: the search ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clear_optimum():

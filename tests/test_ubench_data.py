@@ -250,7 +250,7 @@ def test_registry_lists_the_27_tasks():
                               ("domain", "subdomain", "modality", "submodality", "stain")])
     fine = get_task("ubench_wu_et_al_2023")
     assert isinstance(fine, CrossFittedTask) and fine.cross_fitted
-    assert fine.protocols == ("zero_shot", "logreg", "simpleshot", "knn")
+    assert fine.protocols == ("zero_shot", "logreg", "torch_logreg", "simpleshot", "knn")
     assert fine.default_probe == "zero_shot" and fine.metric_name == "question_accuracy"
     assert get_task("ubench_coarse_domain").protocols == ("zero_shot",)
     left_out = {k for k in SPEC_KEYS if not get_task(f"ubench_{k}").in_official_total}

@@ -99,8 +99,15 @@ class Task(abc.ABC):
     # task's scores need it (see ``biobench.features.resolve_precision``)
     feature_precision: ClassVar[str] = "auto"
     default_probe: ClassVar[str] = "logreg"
-    # the protocols (probe names in ``biobench.probes.PROBES``) this task can be scored with
-    protocols: ClassVar[tuple[str, ...]] = ("logreg", "simpleshot", "knn", "linear_svm")
+    # the protocols (probe names in ``biobench.probes.PROBES``) this task can be scored with;
+    # ``torch_logreg`` is ``logreg``'s model and search, solved in torch for large tasks
+    protocols: ClassVar[tuple[str, ...]] = ("logreg", "torch_logreg", "simpleshot", "knn",
+                                            "linear_svm")
+    # the probe the BioBench reference scores this task with, when it is one of ours and
+    # differs from the default: "linear_head" for the seven tasks it fits a LayerNorm + linear
+    # head on (spec/biobench-tasks.md), added to ``protocols`` so that scores comparable with
+    # the published leaderboard are one ``--probe`` away
+    reference_probe: ClassVar[str | None] = None
     # "offline" (ships with the registry), "benchmark" (the paper's nine + ecdysis),
     # "prior_work" (ImageNet-1K, NeWT, iNat21), "own" (a user's folder or task file,
     # ``biobench.tasks.folder``) or "synthetic" (tests only)
@@ -123,6 +130,9 @@ class Task(abc.ABC):
                 bool(getattr(super(cls, cls), "zero_shot_classes", False))
         if cls.zero_shot_classes and ZERO_SHOT not in cls.protocols:
             cls.protocols = (*cls.protocols, ZERO_SHOT)
+        reference = cls.__dict__.get("reference_probe")
+        if reference is not None and reference not in cls.protocols:
+            cls.protocols = (*cls.protocols, reference)
 
     # ---- data -------------------------------------------------------------------------
     def data_path(self, root: Path | None = None) -> Path:

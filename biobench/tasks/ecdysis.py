@@ -80,6 +80,7 @@ class Ecdysis(DownloadedTask):
                 "arXiv:2511.16315).")
     metric_name = "macro_f1"
     default_probe = "logreg"
+    reference_probe = "linear_head"
     group = "benchmark"
     required_paths = ("metadata.csv", "images")
 

@@ -31,6 +31,7 @@ class Herbarium19(DownloadedImageFolderTask):
                 "Challenge 2019 Dataset. arXiv:1906.05372.")
     metric_name = "macro_f1"
     default_probe = "logreg"
+    reference_probe = "linear_head"
     group = "benchmark"
     train_dir = "train"
     test_dir = "validation"

@@ -75,6 +75,7 @@ class ImageNet1K(DownloadedImageFolderTask):
                 "Computer Vision, 115(3), 211–252.")
     metric_name = "accuracy"
     default_probe = "logreg"
+    reference_probe = "linear_head"
     group = "prior_work"
     download_hint = ("accept the licence of ILSVRC/imagenet-1k on the Hugging Face hub, run "
                      "`huggingface-cli login`, then `biobench download imagenet1k`")

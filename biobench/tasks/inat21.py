@@ -29,6 +29,7 @@ class INat21(DownloadedImageFolderTask):
                 "CVPR 2021, 12884–12893.")
     metric_name = "accuracy"
     default_probe = "logreg"
+    reference_probe = "linear_head"
     group = "prior_work"
     train_dir = "train_mini"
     test_dir = "val"

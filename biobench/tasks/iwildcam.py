@@ -35,6 +35,7 @@ class IWildCam(DownloadedTask):
                 "(2021). WILDS: A Benchmark of in-the-Wild Distribution Shifts. ICML 2021.")
     metric_name = "macro_f1"
     default_probe = "logreg"
+    reference_probe = "linear_head"
     group = "benchmark"
     required_paths = ("metadata.csv", "train")
     remote_files = (

@@ -38,6 +38,7 @@ class PlanktonIFCB(DownloadedImageFolderTask):
                 "EUDAT B2SHARE, https://b2share.eudat.eu/records/xvnrp-7ga56")
     metric_name = "macro_f1"
     default_probe = "logreg"
+    reference_probe = "linear_head"
     group = "benchmark"
     train_dir = "train"
     test_dir = "val"

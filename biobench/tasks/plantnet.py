@@ -34,6 +34,7 @@ class PlantNet(DownloadedImageFolderTask):
                 "Datasets and Benchmarks Track. https://doi.org/10.5281/zenodo.5645731")
     metric_name = "macro_f1"
     default_probe = "logreg"
+    reference_probe = "linear_head"
     group = "benchmark"
     train_dir = "images/train"
     test_dir = "images/val"

@@ -156,7 +156,7 @@ class UbenchTask(Task):
 
 class UbenchFineTask(UbenchTask, CrossFittedTask):
     kind = FINE_KIND
-    protocols = ("zero_shot", "logreg", "simpleshot", "knn")
+    protocols = ("zero_shot", "logreg", "torch_logreg", "simpleshot", "knn")
     dataset: ClassVar[UbenchDataset]
     in_official_total: ClassVar[bool] = True
 
