@@ -129,7 +129,7 @@ def test_fast_objective_is_the_exact_one_up_to_bfloat16_rounding():
     y = rng.integers(0, k, n)
     weights = rng.uniform(0.5, 2.0, n)
     problem = _Problem(X, np.arange(n), np.zeros(dim), np.ones(dim), y, weights, k,
-                       torch.device("cpu"), fast_dtype=torch.bfloat16)
+                       torch.device("cpu"), matmul="bfloat16")
     theta = torch.as_tensor(rng.normal(0, 0.1, (dim + 1, k)), dtype=torch.float32)
     total = problem.total_weight([(0, n)])
     exact_f, exact_g = problem.loss_and_grad(theta, [(0, n)], 2.0, total)
